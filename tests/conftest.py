@@ -1,0 +1,87 @@
+"""Test set-up shared by every suite.
+
+Airflow reads its configuration at import, so the environment is fixed here, before any test imports airflow.
+Tests that need Grid Engine or MariaDB take the ``gridengine`` / ``mariadb_url`` fixtures: when the service is
+missing they fail under ``CI=true`` and skip with a one-line reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_HOME = Path(tempfile.mkdtemp(prefix="jobmon-airflow-tests-"))
+
+os.environ.setdefault("AIRFLOW_HOME", str(_HOME / "airflow"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ.setdefault("JOBMON_AIRFLOW_HOME", str(_HOME / "jobmon"))
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
+MARIADB_URL = os.environ.get(
+    "JOBMON_TEST_MARIADB_URL", "mysql+pymysql://jobmon:jobmon@127.0.0.1:3306/jobmon"
+)
+
+
+def require_service(reason: str | None, what: str) -> None:
+    """Fail in CI, skip elsewhere, when a service the test needs is missing."""
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required when CI=true: {reason}", pytrace=False)
+    pytest.skip(f"{what} not available ({reason}); run scripts/setup_services.sh as root")
+
+
+def _gridengine_problem() -> str | None:
+    for key, value in SGE_ENV.items():
+        os.environ.setdefault(key, value)
+    if shutil.which("qsub") is None:
+        return "qsub not on PATH"
+    try:
+        proc = subprocess.run(["qstat", "-f"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"qstat failed: {exc}"
+    if proc.returncode != 0:
+        return f"qstat -f exit {proc.returncode}: {proc.stderr.strip()[:200]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def gridengine() -> dict[str, str]:
+    """The real Grid Engine cluster's client environment."""
+    require_service(_gridengine_problem(), "Grid Engine")
+    return {k: os.environ[k] for k in SGE_ENV}
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    """SQLAlchemy URL of the MariaDB ``jobmon`` database."""
+    problem: str | None = None
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(MARIADB_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure to connect means the service is not there
+        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+    require_service(problem, "MariaDB")
+    return MARIADB_URL
+
+
+@pytest.fixture
+def tmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private JOBMON_AIRFLOW_HOME (SQLite state DB, logs, local cluster) for one test."""
+    monkeypatch.setenv("JOBMON_AIRFLOW_HOME", str(tmp_path / "jobmon"))
+    yield tmp_path / "jobmon"
