@@ -1,0 +1,849 @@
+"""Jobmon's domain operations on the state database: bind, queue, transition, heartbeat, kill, triage, report.
+
+The one place that writes Jobmon state. Hooks, operators, triggers, State Manager routes, sensors and the CLI call
+these functions; none of them writes rows itself. Every status write goes through ``_transition``, which checks the
+state machine tables in :mod:`jobmon_airflow.states` under a row lock and issues a conditional, set-based UPDATE:
+concurrent writers cannot leave an illegal state, and N rows cost a constant number of statements (chunked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql as mysql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from jobmon_airflow import __version__, models, states
+from jobmon_airflow.db import session_scope
+from jobmon_airflow.resources import QueueLimits, Resources, ScaleSpec, fit_queue, scale_resources
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000  # rows per statement: keeps IN lists and packets small on MySQL
+WORKFLOW_RUN_HEARTBEAT_INTERVAL = 30.0  # Jobmon's heartbeat.workflow_run_interval
+TASK_INSTANCE_HEARTBEAT_INTERVAL = 90.0  # Jobmon's heartbeat.task_instance_interval
+REPORT_BY_BUFFER = 3.1  # Jobmon's heartbeat.report_by_buffer
+
+TI = models.TaskInstance.__table__
+TASK = models.Task.__table__
+WF = models.Workflow.__table__
+WFR = models.WorkflowRun.__table__
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Unauthorized(PermissionError):
+    pass
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as stored in DATETIME columns."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def sha256(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _insert_ignoring_duplicates(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Bulk insert that leaves existing rows (same unique key) alone: the basis of idempotent binding."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    stmt: Any
+    if dialect == "sqlite":
+        stmt = sqlite_dialect.insert(table).on_conflict_do_nothing()
+    elif dialect in ("mysql", "mariadb"):
+        pk = next(iter(table.primary_key.columns))
+        stmt = mysql_dialect.insert(table)
+        stmt = stmt.on_duplicate_key_update({pk.name: stmt.inserted[pk.name]})
+    else:  # pragma: no cover - only SQLite and MySQL/MariaDB are supported
+        raise NotImplementedError(dialect)
+    for chunk in _chunks(list(rows)):
+        session.execute(stmt, list(chunk))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Transitions
+
+
+def _transition(
+    session: Session,
+    fsm: states.StateMachine,
+    table: sa.Table,
+    ids: Sequence[int],
+    new: str,
+    values: Mapping[str, Any] | None = None,
+) -> list[int]:
+    """Move rows to ``new`` where the state machine allows; return the ids that changed.
+
+    Rows already in ``new`` and untimely transitions are left alone (reporters race; retried HTTP calls repeat);
+    an illegal transition raises :class:`states.IllegalTransition` and rolls the whole transaction back.
+    """
+    changed: list[int] = []
+    now = utcnow()
+    for chunk in _chunks(sorted(set(ids))):
+        rows = session.execute(
+            sa.select(table.c.id, table.c.status)
+            .where(table.c.id.in_(chunk))
+            .order_by(table.c.id)
+            .with_for_update()
+        ).all()
+        missing = set(chunk) - {r.id for r in rows}
+        if missing:
+            raise NotFound(f"{fsm.name}: no row with id {sorted(missing)[:10]}")
+        legal = [r.id for r in rows if r.status != new and fsm.check(r.status, new)]
+        if legal:
+            session.execute(
+                table.update()
+                .where(table.c.id.in_(legal), table.c.status.in_(fsm.sources(new)))
+                .values(status=new, status_date=now, **(values or {}))
+            )
+            changed.extend(legal)
+    return changed
+
+
+def _tasks_follow(session: Session, ti_ids: Sequence[int], ti_status: str) -> None:
+    """A task follows its instance through Q/I/O/R/D; after errors it takes Jobmon's retry path."""
+    if not ti_ids:
+        return
+    task_ids = [
+        r.task_id
+        for chunk in _chunks(list(ti_ids))
+        for r in session.execute(sa.select(TI.c.task_id).where(TI.c.id.in_(chunk)))
+    ]
+    if ti_status in states.TASK_FOLLOWS_INSTANCE:
+        target = states.TASK_FOLLOWS_INSTANCE[ti_status]
+        now = utcnow()
+        for chunk in _chunks(task_ids):
+            # Conditional: a task already past this point (a late, untimely report) is left as it is.
+            session.execute(
+                TASK.update()
+                .where(TASK.c.id.in_(chunk), TASK.c.status.in_(states.TASK_FSM.sources(target)))
+                .values(status=target, status_date=now)
+            )
+    elif ti_status in states.TASK_INSTANCE_RETRYABLE or ti_status == states.TaskInstanceStatus.ERROR_FATAL:
+        _tasks_after_instance_error(session, task_ids, ti_status)
+
+
+def _tasks_after_instance_error(session: Session, task_ids: Sequence[int], ti_status: str) -> None:
+    by_path: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for chunk in _chunks(list(task_ids)):
+        for r in session.execute(
+            sa.select(TASK.c.id, TASK.c.status, TASK.c.num_attempts, TASK.c.max_attempts).where(
+                TASK.c.id.in_(chunk)
+            )
+        ):
+            if r.status in ("I", "O", "R", "E"):
+                path = states.task_after_instance_error(ti_status, r.num_attempts, r.max_attempts)
+                by_path[tuple(path if r.status != "E" else path[1:])].append(r.id)
+    for path, ids in by_path.items():
+        for step in path:
+            _transition(session, states.TASK_FSM, TASK, ids, step)
+
+
+def transition_task_instances(
+    session: Session, ti_ids: Sequence[int], new: str, values: Mapping[str, Any] | None = None
+) -> list[int]:
+    """Transition instances (and their tasks); the building block of every instance write."""
+    changed = _transition(session, states.TASK_INSTANCE_FSM, TI, ti_ids, new, values)
+    _tasks_follow(session, changed, new)
+    return changed
+
+
+def transition_workflow_run(session: Session, wfr_id: int, new: str) -> bool:
+    """Transition a run; its workflow follows (Jobmon's ``WorkflowRun.transition``)."""
+    changed = _transition(session, states.WORKFLOW_RUN_FSM, WFR, [wfr_id], new)
+    if changed and new in states.WORKFLOW_FOLLOWS_RUN:
+        wf_id = session.execute(sa.select(WFR.c.workflow_id).where(WFR.c.id == wfr_id)).scalar_one()
+        _transition(session, states.WORKFLOW_FSM, WF, [wf_id], states.WORKFLOW_FOLLOWS_RUN[new])
+    return bool(changed)
+
+
+def _log_errors(session: Session, ti_ids: Sequence[int], description: str) -> None:
+    if description and ti_ids:
+        now = utcnow()
+        session.execute(
+            models.TaskInstanceErrorLog.__table__.insert(),
+            [{"task_instance_id": i, "error_time": now, "description": description} for i in ti_ids],
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Binding
+
+
+@dataclass(frozen=True)
+class BoundRun:
+    workflow_id: int
+    workflow_run_id: int
+    new_run: bool
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to bind, keyed to its Airflow identity."""
+
+    airflow_task_id: str
+    name: str
+    command: str
+    map_index: int = -1
+    node_args_hash: str = ""
+    task_args_hash: str = ""
+    max_attempts: int = 3
+    resource_scales: Mapping[str, Any] | None = None
+    fallback_queues: Sequence[str] = ()
+    array_id: int | None = None
+    task_template_version_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    id: int
+    status: str
+    num_attempts: int
+    max_attempts: int
+    resource_scales: dict[str, Any] | None
+    fallback_queues: list[str]
+    command: str
+
+
+@dataclass(frozen=True)
+class TaskInstanceView:
+    id: int
+    task_id: int
+    workflow_run_id: int
+    status: str
+    distributor_id: str | None
+    cluster_id: int
+    requested_resources: dict[str, Any] = field(default_factory=dict)
+    nodename: str | None = None
+    exit_status: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    exit_record: str | None = None
+    try_number: int | None = None
+    maxrss: int | None = None
+    wallclock: float | None = None
+
+
+class JobmonService:
+    """Domain operations on one state database."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._cluster_ids: dict[str, int] = {}
+
+    def session(self) -> Any:
+        return session_scope(self.engine)
+
+    # -- clusters ------------------------------------------------------------------------------------------------
+    def cluster_id(self, name: str, cluster_type: str) -> int:
+        if name not in self._cluster_ids:
+            with self.session() as s:
+                type_id = s.execute(
+                    sa.select(models.ClusterType.id).where(models.ClusterType.name == cluster_type)
+                ).scalar_one()
+                _insert_ignoring_duplicates(
+                    s, models.Cluster.__table__, [{"name": name, "cluster_type_id": type_id}]
+                )
+                self._cluster_ids[name] = s.execute(
+                    sa.select(models.Cluster.id).where(models.Cluster.name == name)
+                ).scalar_one()
+        return self._cluster_ids[name]
+
+    def queue_id(self, s: Session, cluster_id: int, limits: QueueLimits) -> int:
+        params = json.dumps(
+            {"cores": limits.max_cores, "memory": limits.max_memory, "runtime": limits.max_runtime}
+        )
+        table = models.Queue.__table__
+        _insert_ignoring_duplicates(
+            s, table, [{"name": limits.name, "cluster_id": cluster_id, "parameters": params}]
+        )
+        return s.execute(
+            sa.select(table.c.id).where(table.c.name == limits.name, table.c.cluster_id == cluster_id)
+        ).scalar_one()
+
+    # -- workflow and run ------------------------------------------------------------------------------------------
+    def bind_workflow_run(
+        self,
+        *,
+        dag_id: str,
+        run_id: str,
+        tool: str | None = None,
+        tool_version: str = "1",
+        workflow_args: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        user: str | None = None,
+        max_concurrently_running: int | None = None,
+    ) -> BoundRun:
+        """Bind tool, version, workflow and an alive workflow run for one DAG run (idempotent).
+
+        The first task of a DAG run (or of a new pass after the run ended, e.g. failed tasks cleared) creates the
+        run and takes it through Jobmon's start-up states G→L→B→I→O→R at once: Airflow's scheduler plays the
+        swarm and distributor, so there is no separate launch phase to wait for.
+        """
+        workflow_args = workflow_args if workflow_args is not None else run_id
+        args_hash = sha256(dag_id, workflow_args)
+        now = utcnow()
+        with self.session() as s:
+            _insert_ignoring_duplicates(s, models.Tool.__table__, [{"name": tool or dag_id}])
+            tool_id = s.execute(
+                sa.select(models.Tool.id).where(models.Tool.name == (tool or dag_id))
+            ).scalar_one()
+            tv = models.ToolVersion.__table__
+            _insert_ignoring_duplicates(s, tv, [{"tool_id": tool_id, "version": tool_version}])
+            tv_id = s.execute(
+                sa.select(tv.c.id).where(tv.c.tool_id == tool_id, tv.c.version == tool_version)
+            ).scalar_one()
+            _insert_ignoring_duplicates(
+                s,
+                WF,
+                [
+                    {
+                        "tool_version_id": tv_id,
+                        "dag_id": dag_id,
+                        "run_id": run_id,
+                        "name": name or f"{dag_id} {run_id}",
+                        "description": description,
+                        "workflow_args": workflow_args,
+                        "workflow_args_hash": args_hash,
+                        "max_concurrently_running": max_concurrently_running or 10_000,
+                        "created_date": now,
+                        "status": "G",
+                        "status_date": now,
+                    }
+                ],
+            )
+            # Lock the workflow row: concurrent first tasks of one DAG run must agree on one alive run.
+            wf = s.execute(
+                sa.select(WF.c.id, WF.c.status)
+                .where(WF.c.tool_version_id == tv_id, WF.c.workflow_args_hash == args_hash)
+                .with_for_update()
+            ).one()
+            if max_concurrently_running is not None:
+                s.execute(
+                    WF.update()
+                    .where(WF.c.id == wf.id)
+                    .values(max_concurrently_running=max_concurrently_running)
+                )
+            alive = s.execute(
+                sa.select(WFR.c.id)
+                .where(WFR.c.workflow_id == wf.id, WFR.c.status.in_(states.WORKFLOW_RUN_ALIVE))
+                .order_by(WFR.c.id.desc())
+                .limit(1)
+            ).scalar()
+            if alive is not None:
+                return BoundRun(wf.id, alive, new_run=False)
+            if wf.status == states.WorkflowStatus.DONE:
+                # Re-running a finished DAG run (tasks cleared): Jobmon's reset, which bypasses the FSM.
+                s.execute(WF.update().where(WF.c.id == wf.id).values(status="G", status_date=now))
+            elif wf.status in ("F", "H", "A"):
+                _transition(s, states.WORKFLOW_FSM, WF, [wf.id], "G")
+            wfr_id = s.execute(
+                WFR.insert().values(
+                    workflow_id=wf.id,
+                    user=user,
+                    jobmon_version=__version__,
+                    created_date=now,
+                    status="G",
+                    status_date=now,
+                    heartbeat_date=now
+                    + timedelta(seconds=WORKFLOW_RUN_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER),
+                )
+            ).inserted_primary_key[0]
+            for step in "LBIOR":
+                transition_workflow_run(s, wfr_id, step)
+            log.info("Jobmon workflow %s: started workflow run %s", wf.id, wfr_id)
+            return BoundRun(wf.id, wfr_id, new_run=True)
+
+    def finish_workflow_run(self, dag_id: str, run_id: str, success: bool) -> int | None:
+        """End the alive run of a DAG run: R→D when every task is done, else R→E (the workflow follows)."""
+        with self.session() as s:
+            row = s.execute(
+                sa.select(WFR.c.id)
+                .join(WF, WF.c.id == WFR.c.workflow_id)
+                .where(
+                    WF.c.dag_id == dag_id, WF.c.run_id == run_id, WFR.c.status.in_(states.WORKFLOW_RUN_ALIVE)
+                )
+                .order_by(WFR.c.id.desc())
+                .limit(1)
+            ).scalar()
+            if row is None:
+                return None
+            wf_id = s.execute(sa.select(WFR.c.workflow_id).where(WFR.c.id == row)).scalar_one()
+            unfinished = s.execute(
+                sa.select(sa.func.count()).where(TASK.c.workflow_id == wf_id, TASK.c.status != "D")
+            ).scalar_one()
+            transition_workflow_run(s, row, "D" if success and not unfinished else "E")
+            return int(row)
+
+    def log_workflow_run_heartbeats(self, wfr_ids: Iterable[int]) -> None:
+        """Push the report-by deadline of alive runs (one statement for all)."""
+        ids = sorted(set(wfr_ids))
+        if not ids:
+            return
+        deadline = utcnow() + timedelta(seconds=WORKFLOW_RUN_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER)
+        with self.session() as s:
+            for chunk in _chunks(ids):
+                s.execute(
+                    WFR.update()
+                    .where(WFR.c.id.in_(chunk), WFR.c.status.in_(states.WORKFLOW_RUN_ALIVE))
+                    .values(heartbeat_date=deadline)
+                )
+
+    # -- tasks -----------------------------------------------------------------------------------------------------
+    def bind_tasks(self, workflow_id: int, specs: Sequence[TaskSpec]) -> list[int]:
+        """Bind many tasks in bulk (idempotent); returns task ids in the order of ``specs``."""
+        now = utcnow()
+        rows = [
+            {
+                "workflow_id": workflow_id,
+                "airflow_task_id": t.airflow_task_id,
+                "map_index": t.map_index,
+                "node_args_hash": t.node_args_hash,
+                "task_args_hash": t.task_args_hash,
+                "array_id": t.array_id,
+                "task_template_version_id": t.task_template_version_id,
+                "name": t.name[:255],
+                "command": t.command,
+                "max_attempts": t.max_attempts,
+                "resource_scales": json.dumps(t.resource_scales) if t.resource_scales is not None else None,
+                "fallback_queues": json.dumps(list(t.fallback_queues)),
+                "num_attempts": 0,
+                "status": "G",
+                "status_date": now,
+            }
+            for t in specs
+        ]
+        with self.session() as s:
+            _insert_ignoring_duplicates(s, TASK, rows)
+            key_to_id: dict[tuple[str, int, str], int] = {}
+            task_ids = sorted({t.airflow_task_id for t in specs})
+            for chunk in _chunks(task_ids):
+                for r in s.execute(
+                    sa.select(
+                        TASK.c.id, TASK.c.airflow_task_id, TASK.c.map_index, TASK.c.node_args_hash, TASK.c.command,
+                        TASK.c.max_attempts, TASK.c.resource_scales, TASK.c.fallback_queues,
+                    ).where(TASK.c.workflow_id == workflow_id, TASK.c.airflow_task_id.in_(chunk))
+                ):  # fmt: skip
+                    key_to_id[(r.airflow_task_id, r.map_index, r.node_args_hash)] = r.id
+            # Re-binding after a DAG change updates what a task runs with, never its status.
+            updates = [
+                {"b_id": key_to_id[(row["airflow_task_id"], row["map_index"], row["node_args_hash"])], **row}
+                for row in rows
+            ]
+            stmt = (
+                TASK.update()
+                .where(TASK.c.id == sa.bindparam("b_id"))
+                .values(
+                    command=sa.bindparam("command"),
+                    max_attempts=sa.bindparam("max_attempts"),
+                    resource_scales=sa.bindparam("resource_scales"),
+                    fallback_queues=sa.bindparam("fallback_queues"),
+                )
+            )
+            for chunk in _chunks(updates):
+                s.execute(stmt, [{k: u[k] for k in ("b_id", "command", "max_attempts", "resource_scales",
+                                                     "fallback_queues")} for u in chunk])  # fmt: skip
+            return [key_to_id[(t.airflow_task_id, t.map_index, t.node_args_hash)] for t in specs]
+
+    def get_task(self, task_id: int) -> TaskView:
+        with self.session() as s:
+            r = s.execute(sa.select(TASK).where(TASK.c.id == task_id)).one_or_none()
+        if r is None:
+            raise NotFound(f"task {task_id}")
+        return TaskView(
+            id=r.id,
+            status=r.status,
+            num_attempts=r.num_attempts,
+            max_attempts=r.max_attempts,
+            resource_scales=json.loads(r.resource_scales) if r.resource_scales else None,
+            fallback_queues=json.loads(r.fallback_queues or "[]"),
+            command=r.command,
+        )
+
+    def reset_tasks(self, task_ids: Sequence[int]) -> None:
+        """Jobmon's ``Task.reset`` on resume: back to G with no attempts used (bypasses the FSM on purpose)."""
+        with self.session() as s:
+            for chunk in _chunks(list(task_ids)):
+                s.execute(
+                    TASK.update()
+                    .where(TASK.c.id.in_(chunk))
+                    .values(status="G", num_attempts=0, status_date=utcnow())
+                )
+
+    def resources_for_next_attempt(
+        self,
+        task_id: int,
+        requested: Resources,
+        limits_of: Any,
+        resource_scales: Mapping[str, ScaleSpec] | None = None,
+        fallback_queues: Sequence[str] = (),
+    ) -> tuple[Resources, str, list[str]]:
+        """Resources of the next attempt, their task_resources type (O/V/A), and warnings.
+
+        After a resource kill (last instance Z) the last attempt's resources are scaled (Jobmon's
+        ``adjust_resources``); then the first queue of ``[queue] + fallback_queues`` that fits is taken.
+        """
+        with self.session() as s:
+            last = s.execute(
+                sa.select(TI.c.status, models.TaskResources.requested_resources)
+                .join(models.TaskResources, models.TaskResources.id == TI.c.task_resources_id)
+                .where(TI.c.task_id == task_id)
+                .order_by(TI.c.id.desc())
+                .limit(1)
+            ).one_or_none()
+        kind = "O"
+        base = requested
+        if last is not None and last.status == states.TaskInstanceStatus.RESOURCE_ERROR:
+            base = scale_resources(Resources.parse(json.loads(last.requested_resources)), resource_scales)
+            kind = "A"
+        fitted, warnings = fit_queue(base, limits_of, fallback_queues)
+        if warnings and kind == "O":
+            kind = "V"
+        return fitted, kind, warnings
+
+    # -- task instances: the operator's side -------------------------------------------------------------------
+    def queue_task_instances(
+        self,
+        workflow_run_id: int,
+        cluster_id: int,
+        task_ids: Sequence[int],
+        resources: Resources,
+        resources_type: str,
+        queue: QueueLimits,
+        try_number: int | None = None,
+        array_id: int | None = None,
+        array_batch_num: int | None = None,
+    ) -> list[int]:
+        """Tasks G/A → Q (attempt counted) and one new instance each in Q, in one transaction (bulk).
+
+        All tasks share one resource set (one task_resources row), as one array batch or one single task does.
+        Returns the instance ids in the order of ``task_ids``.
+        """
+        now = utcnow()
+        with self.session() as s:
+            queue_id = self.queue_id(s, cluster_id, queue)
+            tr_id = s.execute(
+                models.TaskResources.__table__.insert().values(
+                    queue_id=queue_id,
+                    task_resources_type_id=resources_type,
+                    requested_resources=json.dumps(resources.to_dict(), sort_keys=True),
+                )
+            ).inserted_primary_key[0]
+            _transition(s, states.TASK_FSM, TASK, task_ids, "Q")
+            for chunk in _chunks(list(task_ids)):
+                s.execute(
+                    TASK.update()
+                    .where(TASK.c.id.in_(chunk))
+                    .values(num_attempts=TASK.c.num_attempts + 1, task_resources_id=tr_id)
+                )
+            s.execute(
+                TI.insert(),
+                [
+                    {
+                        "workflow_run_id": workflow_run_id,
+                        "task_id": t,
+                        "array_id": array_id,
+                        "cluster_id": cluster_id,
+                        "task_resources_id": tr_id,
+                        "array_batch_num": array_batch_num,
+                        "array_step_id": step if array_batch_num is not None else None,
+                        "try_number": try_number,
+                        "status": "Q",
+                        "status_date": now,
+                    }
+                    for step, t in enumerate(task_ids)
+                ],
+            )
+            newest: dict[int, int] = {}
+            for chunk in _chunks(list(task_ids)):
+                for r in s.execute(
+                    sa.select(TI.c.task_id, sa.func.max(TI.c.id).label("id"))
+                    .where(TI.c.task_id.in_(chunk))
+                    .group_by(TI.c.task_id)
+                ):
+                    newest[r.task_id] = r.id
+            return [newest[t] for t in task_ids]
+
+    def instantiate(
+        self, ti_ids: Sequence[int], token_hashes: Mapping[int, str], paths: Mapping[int, Mapping[str, str]]
+    ) -> None:
+        """Q→I, storing each instance's token hash and log / exit-record paths."""
+        with self.session() as s:
+            transition_task_instances(s, ti_ids, "I")
+            s.execute(
+                TI.update()
+                .where(TI.c.id == sa.bindparam("b_id"))
+                .values(
+                    token_hash=sa.bindparam("token_hash"),
+                    stdout=sa.bindparam("stdout"),
+                    stderr=sa.bindparam("stderr"),
+                    exit_record=sa.bindparam("exit_record"),
+                ),
+                [
+                    {
+                        "b_id": i,
+                        "token_hash": token_hashes.get(i),
+                        "stdout": paths.get(i, {}).get("stdout"),
+                        "stderr": paths.get(i, {}).get("stderr"),
+                        "exit_record": paths.get(i, {}).get("exit_record"),
+                    }
+                    for i in ti_ids
+                ],
+            )
+
+    def log_distributor_ids(self, distributor_ids: Mapping[int, str]) -> None:
+        """I→O with the cluster job id, recorded before anything else can fail."""
+        now = utcnow()
+        report_by = now + timedelta(seconds=TASK_INSTANCE_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER)
+        with self.session() as s:
+            s.execute(
+                TI.update()
+                .where(TI.c.id == sa.bindparam("b_id"))
+                .values(distributor_id=sa.bindparam("distributor_id"), submitted_date=now),
+                [{"b_id": i, "distributor_id": d} for i, d in distributor_ids.items()],
+            )
+            transition_task_instances(s, list(distributor_ids), "O", {"report_by_date": report_by})
+
+    def log_no_distributor_id(self, ti_ids: Sequence[int], message: str) -> None:
+        """I→W: the submission was refused; the task may retry."""
+        with self.session() as s:
+            changed = transition_task_instances(s, ti_ids, "W")
+            _log_errors(s, changed, message)
+
+    def request_kill(self, ti_ids: Sequence[int], message: str = "killed by user") -> list[int]:
+        """Q/I/O/R → K (KILL_SELF); the caller deletes the jobs. The tasks fail without retry."""
+        with self.session() as s:
+            live = [
+                r.id
+                for chunk in _chunks(list(ti_ids))
+                for r in s.execute(sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status.in_("QIOR")))
+            ]
+            changed = _transition(s, states.TASK_INSTANCE_FSM, TI, live, "K")
+            _log_errors(s, changed, message)
+            task_ids = [r.task_id for r in s.execute(sa.select(TI.c.task_id).where(TI.c.id.in_(changed)))]
+            for chunk in _chunks(task_ids):
+                for step in "EF":
+                    s.execute(
+                        TASK.update()
+                        .where(TASK.c.id.in_(chunk), TASK.c.status.in_(states.TASK_FSM.sources(step)))
+                        .values(status=step, status_date=utcnow())
+                    )
+            return changed
+
+    def apply_outcome(
+        self,
+        ti_id: int,
+        status: str,
+        *,
+        exit_status: int | None = None,
+        message: str = "",
+        nodename: str | None = None,
+        usage: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record an outcome learnt without the worker's report (exit record, cluster accounting).
+
+        An instance that never reported running passes through R for D/E (O→R→D); Z and U are legal from O.
+        Returns the instance's status afterwards.
+        """
+        with self.session() as s:
+            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one()
+            if current in ("I", "O") and status in ("D", "E", "F"):
+                transition_task_instances(s, [ti_id], "R", {"nodename": nodename} if nodename else None)
+            self._finish(s, ti_id, status, exit_status, message, nodename, usage)
+            return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
+
+    def _finish(
+        self,
+        s: Session,
+        ti_id: int,
+        status: str,
+        exit_status: int | None,
+        message: str,
+        nodename: str | None,
+        usage: Mapping[str, Any] | None,
+    ) -> list[int]:
+        values: dict[str, Any] = {"exit_status": exit_status}
+        if nodename:
+            values["nodename"] = nodename
+        usage = usage or {}
+        if usage.get("maxrss_bytes") is not None:
+            values["maxrss"] = int(usage["maxrss_bytes"])
+        if usage.get("wallclock_s") is not None:
+            values["wallclock"] = float(usage["wallclock_s"])
+        if usage.get("cpu_s") is not None:
+            values["cpu"] = float(usage["cpu_s"])
+        changed = transition_task_instances(s, [ti_id], status, values)
+        if status != "D":
+            _log_errors(s, changed, message)
+        return changed
+
+    def set_status_for_triaging(
+        self, workflow_run_ids: Sequence[int] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Overdue instances: R → T (triage from accounting), O → X (never reported running). Set-based."""
+        now = utcnow()
+        out: list[list[int]] = []
+        with self.session() as s:
+            for old, new in (("R", "T"), ("O", "X")):
+                q = sa.select(TI.c.id).where(TI.c.status == old, TI.c.report_by_date < now)
+                if workflow_run_ids is not None:
+                    q = q.where(TI.c.workflow_run_id.in_(workflow_run_ids))
+                ids = [r.id for r in s.execute(q)]
+                out.append(transition_task_instances(s, ids, new))
+        return out[0], out[1]
+
+    # -- task instances: the worker node's side (State Manager routes) ------------------------------------------
+    def authenticate(self, ti_id: int, token: str) -> None:
+        """The bearer token must be the one issued to this very instance."""
+        with self.engine.connect() as conn:
+            stored = conn.execute(sa.select(TI.c.token_hash).where(TI.c.id == ti_id)).scalar()
+        if stored is None or not hmac.compare_digest(stored, hash_token(token)):
+            raise Unauthorized(f"token is not valid for task instance {ti_id}")
+
+    def status_of(self, ti_id: int) -> str:
+        with self.engine.connect() as conn:
+            status = conn.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar()
+        if status is None:
+            raise NotFound(f"task instance {ti_id}")
+        return str(status)
+
+    def log_running(
+        self,
+        ti_id: int,
+        nodename: str,
+        process_group_id: int | None,
+        distributor_id: str | None,
+        next_report: float,
+    ) -> str:
+        with self.session() as s:
+            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar_one()
+            if current == states.TaskInstanceStatus.KILL_SELF:
+                return current
+            values: dict[str, Any] = {
+                "nodename": nodename,
+                "process_group_id": process_group_id,
+                "report_by_date": utcnow() + timedelta(seconds=next_report),
+            }
+            if distributor_id:
+                values["distributor_id"] = distributor_id
+            transition_task_instances(s, [ti_id], "R", values)
+            return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
+
+    def log_report_by(self, ti_id: int, next_report: float) -> str:
+        """Heartbeat: push the deadline; a triaging instance (late heartbeat) goes back to R."""
+        deadline = utcnow() + timedelta(seconds=next_report)
+        with self.session() as s:
+            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar_one()
+            if current == states.TaskInstanceStatus.TRIAGING:
+                transition_task_instances(s, [ti_id], "R")
+                current = "R"
+            if current == "R":
+                s.execute(TI.update().where(TI.c.id == ti_id).values(report_by_date=deadline))
+            return str(current)
+
+    def log_done(self, ti_id: int, nodename: str | None, usage: Mapping[str, Any] | None) -> str:
+        with self.session() as s:
+            self._finish(s, ti_id, "D", 0, "", nodename, usage)
+            return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
+
+    def log_error(
+        self,
+        ti_id: int,
+        error_state: str,
+        exit_status: int | None,
+        message: str,
+        nodename: str | None,
+        usage: Mapping[str, Any] | None,
+    ) -> str:
+        if error_state not in ("E", "Z", "F", "U"):
+            raise states.IllegalTransition(
+                f"task_instance: error_state must be E, Z, F or U, got {error_state!r}"
+            )
+        with self.session() as s:
+            self._finish(s, ti_id, error_state, exit_status, message, nodename, usage)
+            return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+    def task_instance(self, ti_id: int) -> TaskInstanceView:
+        views = self.task_instances([ti_id])
+        if ti_id not in views:
+            raise NotFound(f"task instance {ti_id}")
+        return views[ti_id]
+
+    def task_instances(self, ti_ids: Iterable[int]) -> dict[int, TaskInstanceView]:
+        """Many instances in one query per chunk (triggers of one process share this)."""
+        ids = sorted(set(ti_ids))
+        out: dict[int, TaskInstanceView] = {}
+        tr = models.TaskResources.__table__
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for r in conn.execute(
+                    sa.select(TI, tr.c.requested_resources)
+                    .outerjoin(tr, tr.c.id == TI.c.task_resources_id)
+                    .where(TI.c.id.in_(chunk))
+                ):
+                    out[r.id] = TaskInstanceView(
+                        id=r.id,
+                        task_id=r.task_id,
+                        workflow_run_id=r.workflow_run_id,
+                        status=r.status,
+                        distributor_id=r.distributor_id,
+                        cluster_id=r.cluster_id,
+                        requested_resources=json.loads(r.requested_resources or "{}"),
+                        nodename=r.nodename,
+                        exit_status=r.exit_status,
+                        stdout=r.stdout,
+                        stderr=r.stderr,
+                        exit_record=r.exit_record,
+                        try_number=r.try_number,
+                        maxrss=r.maxrss,
+                        wallclock=r.wallclock,
+                    )
+        return out
+
+    def live_task_instance(self, task_id: int) -> TaskInstanceView | None:
+        """The newest instance of a task whose job may still be in the cluster (re-attach candidate)."""
+        with self.engine.connect() as conn:
+            ti_id = conn.execute(
+                sa.select(TI.c.id)
+                .where(TI.c.task_id == task_id, TI.c.status.in_(states.TASK_INSTANCE_LIVE))
+                .order_by(TI.c.id.desc())
+                .limit(1)
+            ).scalar()
+        return None if ti_id is None else self.task_instance(ti_id)
+
+    def error_logs(self, ti_id: int) -> list[str]:
+        el = models.TaskInstanceErrorLog.__table__
+        with self.engine.connect() as conn:
+            return [
+                r.description
+                for r in conn.execute(
+                    sa.select(el.c.description).where(el.c.task_instance_id == ti_id).order_by(el.c.id)
+                )
+            ]
