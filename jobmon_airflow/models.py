@@ -262,7 +262,5 @@ class TaskAttributeType(Base):
 class TaskAttribute(Base):
     __tablename__ = "task_attribute"
     task_id: Mapped[int] = mapped_column(sa.ForeignKey("task.id"), primary_key=True)
-    task_attribute_type_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("task_attribute_type.id"), primary_key=True
-    )
+    task_attribute_type_id: Mapped[int] = mapped_column(sa.ForeignKey("task_attribute_type.id"), primary_key=True)
     value: Mapped[str | None] = mapped_column(sa.String(255))

@@ -35,17 +35,13 @@ class ResourceError(ValueError):
 def parse_memory(value: Any, field: str = "memory") -> float:
     """Return memory in GiB from a GiB number or a string with a K/M/G/T suffix (1024-based)."""
     if isinstance(value, bool):
-        raise ResourceError(
-            f"{field}: expected GiB as a number or a string like '2G' or '500M', got {value!r}"
-        )
+        raise ResourceError(f"{field}: expected GiB as a number or a string like '2G' or '500M', got {value!r}")
     if isinstance(value, int | float):
         gib = float(value)
     elif isinstance(value, str) and (m := _MEMORY_RE.match(value)):
         gib = float(m.group(1)) * _MEMORY_UNITS_GIB[m.group(2).upper()]
     else:
-        raise ResourceError(
-            f"{field}: expected GiB as a number or a string like '2G' or '500M', got {value!r}"
-        )
+        raise ResourceError(f"{field}: expected GiB as a number or a string like '2G' or '500M', got {value!r}")
     if not math.isfinite(gib) or gib <= 0:
         raise ResourceError(f"{field}: must be greater than zero, got {value!r}")
     return gib
@@ -118,9 +114,7 @@ class Resources:
         for key in ("queue", "project"):
             val = requested.get(key)
             if val is not None and (not isinstance(val, str) or not re.fullmatch(r"[A-Za-z0-9_.@-]+", val)):
-                raise ResourceError(
-                    f"{field}.{key}: expected a plain name (letters, digits, _.@-), got {val!r}"
-                )
+                raise ResourceError(f"{field}.{key}: expected a plain name (letters, digits, _.@-), got {val!r}")
         return cls(
             cores=parse_cores(requested.get("cores", DEFAULT_CORES), f"{field}.cores"),
             memory=parse_memory(requested.get("memory", DEFAULT_MEMORY_GIB), f"{field}.memory"),
@@ -151,14 +145,10 @@ def scale_resources(resources: Resources, scales: Mapping[str, ScaleSpec] | None
     changes: dict[str, Any] = {}
     for key, spec in scales.items():
         if key not in SCALABLE_KEYS:
-            raise ResourceError(
-                f"resource_scales: cannot scale {key!r}; scalable: {', '.join(sorted(SCALABLE_KEYS))}"
-            )
+            raise ResourceError(f"resource_scales: cannot scale {key!r}; scalable: {', '.join(sorted(SCALABLE_KEYS))}")
         old = getattr(resources, key)
         if isinstance(spec, bool):
-            raise ResourceError(
-                f"resource_scales.{key}: expected a number, callable or iterator, got {spec!r}"
-            )
+            raise ResourceError(f"resource_scales.{key}: expected a number, callable or iterator, got {spec!r}")
         if isinstance(spec, int | float):
             if spec < 0:
                 raise ResourceError(f"resource_scales.{key}: must not be negative, got {spec!r}")
@@ -167,16 +157,16 @@ def scale_resources(resources: Resources, scales: Mapping[str, ScaleSpec] | None
             new = spec(old)
         else:
             new = next(spec, old)
-        changes[key] = {
-            "memory": lambda v: math.ceil(parse_memory(v, f"resource_scales.{key}") * 1024) / 1024,
-            "runtime": lambda v: parse_runtime(
-                math.ceil(v) if isinstance(v, float) else v, f"resource_scales.{key}"
-            ),
-            "cores": lambda v: parse_cores(
-                math.ceil(v) if isinstance(v, float) else v, f"resource_scales.{key}"
-            ),
-        }[key](new)
+        changes[key] = _normalise_scaled(key, new)
     return replace(resources, **changes)
+
+
+def _normalise_scaled(key: str, value: Any) -> Any:
+    field = f"resource_scales.{key}"
+    if key == "memory":
+        return math.ceil(parse_memory(value, field) * 1024) / 1024  # whole MiB
+    whole = math.ceil(value) if isinstance(value, float) else value
+    return parse_runtime(whole, field) if key == "runtime" else parse_cores(whole, field)
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,7 @@ def _transition(
     now = utcnow()
     for chunk in _chunks(sorted(set(ids))):
         rows = session.execute(
-            sa.select(table.c.id, table.c.status)
-            .where(table.c.id.in_(chunk))
-            .order_by(table.c.id)
-            .with_for_update()
+            sa.select(table.c.id, table.c.status).where(table.c.id.in_(chunk)).order_by(table.c.id).with_for_update()
         ).all()
         missing = set(chunk) - {r.id for r in rows}
         if missing:
@@ -152,9 +149,7 @@ def _tasks_after_instance_error(session: Session, task_ids: Sequence[int], ti_st
     by_path: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for chunk in _chunks(list(task_ids)):
         for r in session.execute(
-            sa.select(TASK.c.id, TASK.c.status, TASK.c.num_attempts, TASK.c.max_attempts).where(
-                TASK.c.id.in_(chunk)
-            )
+            sa.select(TASK.c.id, TASK.c.status, TASK.c.num_attempts, TASK.c.max_attempts).where(TASK.c.id.in_(chunk))
         ):
             if r.status in ("I", "O", "R", "E"):
                 path = states.task_after_instance_error(ti_status, r.num_attempts, r.max_attempts)
@@ -266,22 +261,16 @@ class JobmonService:
                 type_id = s.execute(
                     sa.select(models.ClusterType.id).where(models.ClusterType.name == cluster_type)
                 ).scalar_one()
-                _insert_ignoring_duplicates(
-                    s, models.Cluster.__table__, [{"name": name, "cluster_type_id": type_id}]
-                )
+                _insert_ignoring_duplicates(s, models.Cluster.__table__, [{"name": name, "cluster_type_id": type_id}])
                 self._cluster_ids[name] = s.execute(
                     sa.select(models.Cluster.id).where(models.Cluster.name == name)
                 ).scalar_one()
         return self._cluster_ids[name]
 
     def queue_id(self, s: Session, cluster_id: int, limits: QueueLimits) -> int:
-        params = json.dumps(
-            {"cores": limits.max_cores, "memory": limits.max_memory, "runtime": limits.max_runtime}
-        )
+        params = json.dumps({"cores": limits.max_cores, "memory": limits.max_memory, "runtime": limits.max_runtime})
         table = models.Queue.__table__
-        _insert_ignoring_duplicates(
-            s, table, [{"name": limits.name, "cluster_id": cluster_id, "parameters": params}]
-        )
+        _insert_ignoring_duplicates(s, table, [{"name": limits.name, "cluster_id": cluster_id, "parameters": params}])
         return s.execute(
             sa.select(table.c.id).where(table.c.name == limits.name, table.c.cluster_id == cluster_id)
         ).scalar_one()
@@ -311,9 +300,7 @@ class JobmonService:
         now = utcnow()
         with self.session() as s:
             _insert_ignoring_duplicates(s, models.Tool.__table__, [{"name": tool or dag_id}])
-            tool_id = s.execute(
-                sa.select(models.Tool.id).where(models.Tool.name == (tool or dag_id))
-            ).scalar_one()
+            tool_id = s.execute(sa.select(models.Tool.id).where(models.Tool.name == (tool or dag_id))).scalar_one()
             tv = models.ToolVersion.__table__
             _insert_ignoring_duplicates(s, tv, [{"tool_id": tool_id, "version": tool_version}])
             tv_id = s.execute(
@@ -345,11 +332,7 @@ class JobmonService:
                 .with_for_update()
             ).one()
             if max_concurrently_running is not None:
-                s.execute(
-                    WF.update()
-                    .where(WF.c.id == wf.id)
-                    .values(max_concurrently_running=max_concurrently_running)
-                )
+                s.execute(WF.update().where(WF.c.id == wf.id).values(max_concurrently_running=max_concurrently_running))
             alive = s.execute(
                 sa.select(WFR.c.id)
                 .where(WFR.c.workflow_id == wf.id, WFR.c.status.in_(states.WORKFLOW_RUN_ALIVE))
@@ -371,8 +354,7 @@ class JobmonService:
                     created_date=now,
                     status="G",
                     status_date=now,
-                    heartbeat_date=now
-                    + timedelta(seconds=WORKFLOW_RUN_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER),
+                    heartbeat_date=now + timedelta(seconds=WORKFLOW_RUN_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER),
                 )
             ).inserted_primary_key[0]
             for step in "LBIOR":
@@ -386,9 +368,7 @@ class JobmonService:
             row = s.execute(
                 sa.select(WFR.c.id)
                 .join(WF, WF.c.id == WFR.c.workflow_id)
-                .where(
-                    WF.c.dag_id == dag_id, WF.c.run_id == run_id, WFR.c.status.in_(states.WORKFLOW_RUN_ALIVE)
-                )
+                .where(WF.c.dag_id == dag_id, WF.c.run_id == run_id, WFR.c.status.in_(states.WORKFLOW_RUN_ALIVE))
                 .order_by(WFR.c.id.desc())
                 .limit(1)
             ).scalar()
@@ -491,9 +471,7 @@ class JobmonService:
         with self.session() as s:
             for chunk in _chunks(list(task_ids)):
                 s.execute(
-                    TASK.update()
-                    .where(TASK.c.id.in_(chunk))
-                    .values(status="G", num_attempts=0, status_date=utcnow())
+                    TASK.update().where(TASK.c.id.in_(chunk)).values(status="G", num_attempts=0, status_date=utcnow())
                 )
 
     def resources_for_next_attempt(
@@ -703,9 +681,7 @@ class JobmonService:
             _log_errors(s, changed, message)
         return changed
 
-    def set_status_for_triaging(
-        self, workflow_run_ids: Sequence[int] | None = None
-    ) -> tuple[list[int], list[int]]:
+    def set_status_for_triaging(self, workflow_run_ids: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
         """Overdue instances: R → T (triage from accounting), O → X (never reported running). Set-based."""
         now = utcnow()
         out: list[list[int]] = []
@@ -782,9 +758,7 @@ class JobmonService:
         usage: Mapping[str, Any] | None,
     ) -> str:
         if error_state not in ("E", "Z", "F", "U"):
-            raise states.IllegalTransition(
-                f"task_instance: error_state must be E, Z, F or U, got {error_state!r}"
-            )
+            raise states.IllegalTransition(f"task_instance: error_state must be E, Z, F or U, got {error_state!r}")
         with self.session() as s:
             self._finish(s, ti_id, error_state, exit_status, message, nodename, usage)
             return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())

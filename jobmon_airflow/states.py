@@ -172,9 +172,7 @@ TASK_FSM = StateMachine(
 
 TASK_INSTANCE_FSM = StateMachine(
     "task_instance",
-    valid=_pairs(
-        "Q→I Q→K I→K O→K R→K I→O I→W I→R O→R O→X O→U O→Z O→F R→D R→E R→Z R→U R→T T→R T→Z T→U T→F K→F K→D X→E"
-    ),
+    valid=_pairs("Q→I Q→K I→K O→K R→K I→O I→W I→R O→R O→X O→U O→Z O→F R→D R→E R→Z R→U R→T T→R T→Z T→U T→F K→F K→D X→E"),
     untimely=_pairs("R→O E→O E→U E→E U→D U→E U→Z Z→U D→U K→E K→Z K→U"),
 )
 
