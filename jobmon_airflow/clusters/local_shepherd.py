@@ -1,0 +1,458 @@
+"""The per-job supervisor of the ``local`` cluster: Grid Engine's execd and sge_shepherd in one small process.
+
+``LocalCluster.submit`` starts it detached as ``python -m jobmon_airflow.clusters.local_shepherd <job_dir>``. It
+waits for slots, runs each element of the job (one for a single job, 1..N for an array, at most ``max_concurrent``
+at once) with ``argv`` exactly as given, enforces memory and runtime as execd does, and writes one exit record per
+element. Stdlib only, so that it starts in a few tens of milliseconds.
+
+Job directory (``<root>/jobs/<id>/``), the contract with ``local.py``:
+
+=====================  ===========================================================================
+``spec.json``          the request (written by submit)
+``shepherd.json``      pid and start time of this process, array length (written by submit)
+``started[.i].json``   the element got its slots and runs: leader pid, start ticks, host, start time
+``exit[.i].json``      how the element ended: the fields of ``base.ExitInfo``
+``kill``, ``kill.i``   deletion requested for the whole job / one element (written by ``kill()``)
+``shepherd.log``       this process's own stdout and stderr (a traceback here means the job is LOST)
+=====================  ===========================================================================
+
+Slots are ``<root>/slots/0..slots-1``; an element holds ``cores`` of them with ``flock`` for its life, so slots
+free themselves when a shepherd dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from jobmon_airflow.clusters.base import ExitKind
+
+POLL_S = 0.2  # memory sampling and slot polling interval, as execd's load-report cadence but finer
+SPEC = "spec.json"
+SHEPHERD = "shepherd.json"
+SHEPHERD_LOG = "shepherd.log"
+KILL = "kill"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_PR_SET_PDEATHSIG = 1
+
+
+def element_file(prefix: str, element: int | None) -> str:
+    """``exit.json`` for a single job, ``exit.3.json`` for array element 3 (same for ``started``)."""
+    return f"{prefix}.json" if element is None else f"{prefix}.{element}.json"
+
+
+def kill_file(element: int | None) -> str:
+    return KILL if element is None else f"{KILL}.{element}"
+
+
+def log_paths(log_dir: Path, name: str, job_id: str, element: int | None = None) -> tuple[Path, Path]:
+    """Grid Engine's default names: ``<name>.o<job_id>`` / ``.e<job_id>``, arrays ``.o<job_id>.<task>``."""
+    suffix = job_id if element is None else f"{job_id}.{element}"
+    return log_dir / f"{name}.o{suffix}", log_dir / f"{name}.e{suffix}"
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write atomically (tmp + rename): a reader sees the whole record or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# ---- /proc -------------------------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, session id, start time in clock ticks since boot), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after its last ')'. Fields of proc(5) from 3 on.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return rest[0].decode(), int(rest[3]), int(rest[19])
+
+
+def is_alive(pid: int, start_ticks: int) -> bool:
+    """The process exists, is the same one (start time guards against pid reuse) and is not a zombie."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[2] == start_ticks and stat[0] not in ("Z", "X")
+
+
+def session_members(sessions: Iterable[int]) -> dict[int, list[int]]:
+    """Live (non-zombie) pids of each session, from one pass over /proc.
+
+    The job's leader starts a new session; its descendants stay in it even when they change process group, so
+    the session is the job's process tree (Grid Engine tracks an additional group id for the same reason).
+    """
+    wanted = set(sessions)
+    members: dict[int, list[int]] = {sid: [] for sid in wanted}
+    if not wanted:
+        return members
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := proc_stat(int(name))) and stat[1] in wanted and stat[0] not in ("Z", "X"):
+            members[stat[1]].append(int(name))
+    return members
+
+
+def memory_usage(pids: Iterable[int]) -> tuple[int, int]:
+    """Summed (virtual, resident) bytes; ``statm`` gives VmSize and VmRSS of ``status`` in pages, cheaper to parse."""
+    vmem = rss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                size, resident = f.read().split()[:2]
+        except (OSError, ValueError):
+            continue  # ended between the scan and now
+        vmem += int(size) * _PAGE
+        rss += int(resident) * _PAGE
+    return vmem, rss
+
+
+def kill_pids(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_sessions(leaders: Mapping[int, int]) -> None:
+    """SIGKILL every process of the sessions led by ``{leader pid: leader start ticks}``.
+
+    A session whose leader pid now belongs to another process (different start time) is not ours and is skipped.
+    """
+    ours = [sid for sid, ticks in leaders.items() if (stat := proc_stat(sid)) is None or stat[2] == ticks]
+    for sid, pids in session_members(ours).items():
+        kill_pids(pids)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(sid, signal.SIGKILL)
+
+
+# ---- the shepherd --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Element:
+    index: int | None  # None for a single job
+    job_id: str  # "12" or "12.3"
+    proc: subprocess.Popen[bytes] | None = None
+    pidfd: int | None = None
+    slots: list[int] = field(default_factory=list)
+    started_mono: float = 0.0
+    start_time: float = 0.0
+    killed: tuple[ExitKind, str | None, str] | None = None  # (kind, resource, reason) when we sent SIGKILL
+    peak_vmem: int | None = None
+    peak_rss: int = 0
+
+
+def _child_setup(memory_bytes: int) -> Callable[[], None]:
+    """preexec_fn of the job's leader: execd's h_vmem as RLIMIT_AS, and die with the shepherd."""
+    try:
+        prctl: Any = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: no loading in the child
+    except (OSError, AttributeError):
+        prctl = None
+
+    def setup() -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if prctl is not None:
+            # A SIGKILLed shepherd cannot kill its job; the leader at least goes with it (descendants may not).
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return setup
+
+
+class Shepherd:
+    def __init__(self, job_dir: Path) -> None:
+        self.dir = job_dir
+        spec = json.loads((job_dir / SPEC).read_text())
+        self.job_id: str = spec["job_id"]
+        self.name: str = spec["name"]
+        self.argv: list[str] = spec["argv"]
+        self.log_dir = Path(spec["log_dir"])
+        self.env: dict[str, str] = spec["env"]
+        self.cores: int = spec["cores"]
+        self.memory_bytes: int = spec["memory_bytes"]
+        self.runtime_s: int = spec["runtime_s"]
+        self.slots_dir = Path(spec["slots_dir"])
+        self.n_slots: int = spec["slots"]
+        self.array_length: int | None = spec["array_length"]
+        self.host = socket.gethostname()
+        if self.array_length is None:
+            self.pending = deque([_Element(None, self.job_id)])
+        else:
+            self.pending = deque(_Element(i, f"{self.job_id}.{i}") for i in range(1, self.array_length + 1))
+        self.max_running: int = spec["max_concurrent"] or len(self.pending)
+        self.running: list[_Element] = []
+        self.slot_fds: dict[int, int] = {}
+        self.held: set[int] = set()  # slots held by our elements: flock on our own fd would "succeed" again
+        self.terminated = False
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        while self.pending or self.running:
+            marks = {n for n in os.listdir(self.dir) if n.startswith(KILL)}
+            self._reap()
+            self._enforce(marks)
+            self._start(marks)
+            self._wait()
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.terminated = True  # e.g. host shutdown: delete the job and record it, instead of dying silently
+
+    def _kill_requested(self, elem: _Element, marks: set[str]) -> bool:
+        return self.terminated or KILL in marks or kill_file(elem.index) in marks
+
+    def _wait(self) -> None:
+        """Sleep one poll interval, waking at once when a running leader exits (pidfds are readable then)."""
+        fds = [e.pidfd for e in self.running if e.pidfd is not None]
+        if fds:
+            select.select(fds, [], [], POLL_S)
+        elif self.pending:
+            time.sleep(POLL_S)
+
+    # -- slots
+
+    def _take_slots(self) -> list[int] | None:
+        """All ``cores`` slots at once or none, so that two multi-core jobs never hold half each and deadlock."""
+        got: list[int] = []
+        for k in range(self.n_slots):
+            if k in self.held:
+                continue
+            if k not in self.slot_fds:
+                self.slot_fds[k] = os.open(self.slots_dir / str(k), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self.slot_fds[k], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            got.append(k)
+            if len(got) == self.cores:
+                self.held.update(got)
+                return got
+        self._release(got)
+        return None
+
+    def _release(self, slots: list[int]) -> None:
+        for k in slots:
+            fcntl.flock(self.slot_fds[k], fcntl.LOCK_UN)
+            self.held.discard(k)
+
+    # -- starting
+
+    def _start(self, marks: set[str]) -> None:
+        while self.pending and len(self.running) < self.max_running:
+            elem = self.pending[0]
+            if self._kill_requested(elem, marks):
+                self.pending.popleft()
+                self._record(elem, ExitKind.DELETED, None, None, "deleted before it started (qdel of a pending job)")
+                continue
+            slots = self._take_slots()
+            if slots is None:
+                return
+            self.pending.popleft()
+            self._launch(elem, slots)
+
+    def _environment(self, elem: _Element) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        task = "undefined" if elem.index is None else str(elem.index)
+        env.update(
+            JOB_ID=self.job_id,
+            JOB_NAME=self.name,
+            SGE_TASK_ID=task,
+            SGE_TASK_FIRST="undefined" if elem.index is None else "1",
+            SGE_TASK_LAST="undefined" if self.array_length is None else str(self.array_length),
+            SGE_TASK_STEPSIZE="undefined" if elem.index is None else "1",
+            NSLOTS=str(self.cores),
+            HOSTNAME=self.host,
+        )
+        return env
+
+    def _launch(self, elem: _Element, slots: list[int]) -> None:
+        out_path, err_path = log_paths(self.log_dir, self.name, self.job_id, elem.index)
+        elem.slots = slots
+        elem.start_time = time.time()
+        elem.started_mono = time.monotonic()
+        try:
+            with open(out_path, "ab") as out, open(err_path, "ab") as err:
+                elem.proc = subprocess.Popen(
+                    self.argv,
+                    cwd=self.log_dir,
+                    env=self._environment(elem),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # own session and process group: the unit we measure and kill
+                    preexec_fn=_child_setup(self.memory_bytes),
+                )
+        except OSError as exc:
+            # Grid Engine would put the job in error state; here the element simply fails, with the reason.
+            reason = f"could not start {self.argv[0]!r}: {exc}"
+            with contextlib.suppress(OSError), open(err_path, "a") as err:
+                print(f"local_shepherd: {reason}", file=err)
+            self._release(slots)
+            self._record(elem, ExitKind.ERROR, None, None, reason)
+            return
+        try:
+            elem.pidfd = os.pidfd_open(elem.proc.pid)
+        except OSError:
+            elem.pidfd = None  # old kernel: fall back to plain polling
+        stat = proc_stat(elem.proc.pid)  # not reaped yet, so it exists
+        write_json(
+            self.dir / element_file("started", elem.index),
+            {
+                "pid": elem.proc.pid,
+                "start_ticks": stat[2] if stat else None,
+                "hostname": self.host,
+                "start_time": elem.start_time,
+            },
+        )
+        self.running.append(elem)
+
+    # -- watching
+
+    def _enforce(self, marks: set[str]) -> None:
+        """Sample the memory of every running job tree; SIGKILL trees over memory or runtime, or to be deleted."""
+        if not self.running:
+            return
+        members = session_members(e.proc.pid for e in self.running if e.proc)
+        now = time.monotonic()
+        for elem in self.running:
+            assert elem.proc is not None
+            sid = elem.proc.pid
+            pids = members.get(sid, [])
+            vmem, rss = memory_usage(pids)
+            elem.peak_vmem = max(elem.peak_vmem or 0, vmem)
+            elem.peak_rss = max(elem.peak_rss, rss)
+            if elem.killed is None:
+                elem.killed = self._violation(elem, marks, vmem, now)
+            if elem.killed is not None:
+                # Again on every pass until the leader is reaped: catches processes forked since the last scan.
+                kill_pids(pids)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(sid, signal.SIGKILL)
+
+    def _violation(
+        self, elem: _Element, marks: set[str], vmem: int, now: float
+    ) -> tuple[ExitKind, str | None, str] | None:
+        if self._kill_requested(elem, marks):
+            how = "the shepherd got SIGTERM" if self.terminated else "kill()"
+            return ExitKind.DELETED, None, f"deleted by {how} while running (as qdel: failed 100)"
+        if vmem > self.memory_bytes:
+            return (
+                ExitKind.RESOURCE_KILL,
+                "memory",
+                f'job {elem.job_id} exceeds job hard limit "h_vmem" of queue "local@{self.host}" '
+                f"({vmem:.5f} > limit:{self.memory_bytes:.5f}) - sending SIGKILL",
+            )
+        if now - elem.started_mono > self.runtime_s:
+            return (
+                ExitKind.RESOURCE_KILL,
+                "runtime",
+                f"job {elem.job_id} exceeded hard wallclock time h_rt={self.runtime_s}s "
+                f"(ran {now - elem.started_mono:.1f}s) - sending SIGKILL",
+            )
+        return None
+
+    def _reap(self) -> None:
+        for elem in list(self.running):
+            assert elem.proc is not None
+            pid = elem.proc.pid
+            # WNOWAIT: the leader stays a zombie, so its pid (= the session id) cannot be reused while we kill the rest.
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                continue
+            # Like Grid Engine, end the processes the job left behind, so its slots are really free.
+            kill_pids(session_members([pid])[pid])
+            _, status, usage = os.wait4(pid, 0)
+            ended = time.monotonic(), time.time()  # before the slots go: the next job starts after this end
+            elem.proc.returncode = os.waitstatus_to_exitcode(status)
+            if elem.pidfd is not None:
+                os.close(elem.pidfd)
+            self.running.remove(elem)
+            self._release(elem.slots)
+            self._finish(elem, status, usage, ended)
+
+    def _finish(self, elem: _Element, status: int, usage: resource.struct_rusage, ended: tuple[float, float]) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        exit_status = 128 - code if code < 0 else code  # signal N → 128 + N, as Grid Engine and shells report
+        kind: ExitKind
+        if elem.killed is not None and os.WIFSIGNALED(status):
+            kind, res, reason = elem.killed
+        elif code == 0:
+            kind, res, reason = ExitKind.DONE, None, ""
+        elif code < 0:
+            sig = signal.Signals(-code).name
+            kind, res, reason = ExitKind.ERROR, None, f"killed by signal {sig} ({-code}), not sent by the shepherd"
+        else:
+            kind, res, reason = ExitKind.ERROR, None, f"exit status {code}"
+        # ru_maxrss (KB) is exact but per process (the largest of the leader and its reaped descendants); the
+        # sampled RSS sum covers the whole tree but may miss short peaks. Both are lower bounds: keep the larger.
+        self._record(
+            elem,
+            kind,
+            exit_status,
+            res,
+            reason,
+            maxrss_bytes=max(usage.ru_maxrss * 1024, elem.peak_rss),
+            maxvmem_bytes=elem.peak_vmem,
+            wallclock_s=round(ended[0] - elem.started_mono, 3),
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
+            start_time=elem.start_time,
+            end_time=ended[1],
+        )
+
+    def _record(
+        self,
+        elem: _Element,
+        kind: ExitKind,
+        exit_status: int | None,
+        res: str | None,
+        reason: str,
+        **usage: float | int | None,
+    ) -> None:
+        record = {
+            "job_id": elem.job_id,
+            "kind": kind.value,
+            "exit_status": exit_status,
+            "reason": reason,
+            "resource": res,
+            "hostname": self.host,
+            "slots": self.cores,
+            **usage,
+        }
+        write_json(self.dir / element_file("exit", elem.index), record)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(f"usage: {argv[0]} <job_dir>", file=sys.stderr)
+        return 2
+    Shepherd(Path(argv[1])).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
