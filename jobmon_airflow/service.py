@@ -595,16 +595,32 @@ class JobmonService:
                 ],
             )
 
-    def log_distributor_ids(self, distributor_ids: Mapping[int, str]) -> None:
-        """I→O with the cluster job id, recorded before anything else can fail."""
+    def log_distributor_ids(
+        self, distributor_ids: Mapping[int, str], log_paths: Mapping[int, Mapping[str, str]] | None = None
+    ) -> None:
+        """I→O with the cluster job id (and the job's stdout/stderr paths), right after submission."""
         now = utcnow()
         report_by = now + timedelta(seconds=TASK_INSTANCE_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER)
+        log_paths = log_paths or {}
         with self.session() as s:
             s.execute(
                 TI.update()
                 .where(TI.c.id == sa.bindparam("b_id"))
-                .values(distributor_id=sa.bindparam("distributor_id"), submitted_date=now),
-                [{"b_id": i, "distributor_id": d} for i, d in distributor_ids.items()],
+                .values(
+                    distributor_id=sa.bindparam("distributor_id"),
+                    submitted_date=now,
+                    stdout=sa.func.coalesce(sa.bindparam("stdout"), TI.c.stdout),
+                    stderr=sa.func.coalesce(sa.bindparam("stderr"), TI.c.stderr),
+                ),
+                [
+                    {
+                        "b_id": i,
+                        "distributor_id": d,
+                        "stdout": log_paths.get(i, {}).get("stdout"),
+                        "stderr": log_paths.get(i, {}).get("stderr"),
+                    }
+                    for i, d in distributor_ids.items()
+                ],
             )
             transition_task_instances(s, list(distributor_ids), "O", {"report_by_date": report_by})
 

@@ -1,0 +1,113 @@
+"""JobmonHook: the Jobmon state database and the State Manager URL, from the ``jobmon`` connection."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Any
+
+import sqlalchemy as sa
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from jobmon_airflow import db
+from jobmon_airflow.service import JobmonService
+
+STATE_MANAGER_URL_ENV = "JOBMON_AIRFLOW_STATE_MANAGER_URL"
+DEFAULT_STATE_MANAGER_URL = "http://127.0.0.1:8790/jobmon"  # `jobmon-airflow server` defaults
+
+
+class JobmonHook(BaseHook):
+    """The Jobmon state database.
+
+    Connection (type ``jobmon``), first match wins:
+      * extra ``sql_alchemy_conn``: a SQLAlchemy URL (e.g. ``sqlite:////data/jobmon.sqlite``);
+      * extra ``mysql_conn_id``: an Airflow MySQL connection holding the database;
+      * host/login/password/schema/port: a MySQL/MariaDB server (driver PyMySQL);
+      * no connection at all: the embedded SQLite file under ``$JOBMON_AIRFLOW_HOME``.
+    Extras ``state_manager_url`` (where worker nodes report; default ``$JOBMON_AIRFLOW_STATE_MANAGER_URL``, else
+    the standalone server's address) and ``cluster`` (``local`` or ``gridengine``; default ``local``).
+    """
+
+    conn_name_attr = "jobmon_conn_id"
+    default_conn_name = "jobmon_default"
+    conn_type = "jobmon"
+    hook_name = "Jobmon"
+
+    def __init__(self, jobmon_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.jobmon_conn_id = jobmon_conn_id
+
+    @cached_property
+    def _extra(self) -> dict[str, Any]:
+        conn = self._connection
+        return dict(conn.extra_dejson) if conn is not None else {}
+
+    @cached_property
+    def _connection(self) -> Any:
+        try:
+            return self.get_connection(self.jobmon_conn_id)
+        except AirflowNotFoundException:
+            self.log.info("No connection %r: using the embedded SQLite state database", self.jobmon_conn_id)
+            return None
+
+    def get_db_url(self) -> str:
+        conn = self._connection
+        if conn is None:
+            return db.default_url()
+        if url := self._extra.get("sql_alchemy_conn"):
+            return str(url)
+        if mysql_conn_id := self._extra.get("mysql_conn_id"):
+            return self._mysql_url(self.get_connection(mysql_conn_id))
+        if conn.host:
+            return self._mysql_url(conn)
+        return db.default_url()
+
+    @staticmethod
+    def _mysql_url(conn: Any) -> str:
+        url = sa.engine.URL.create(
+            "mysql+pymysql",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host,
+            port=conn.port or 3306,
+            database=conn.schema or "jobmon",
+            query={"charset": "utf8mb4"},
+        )
+        return url.render_as_string(hide_password=False)
+
+    def get_conn(self) -> sa.engine.Engine:
+        """The engine, migrated to the newest schema."""
+        engine = db.get_engine(self.get_db_url())
+        db.ensure_schema(engine)
+        return engine
+
+    def get_service(self) -> JobmonService:
+        return JobmonService(self.get_conn())
+
+    @property
+    def state_manager_url(self) -> str:
+        url = self._extra.get("state_manager_url") or os.environ.get(STATE_MANAGER_URL_ENV)
+        return str(url or DEFAULT_STATE_MANAGER_URL).rstrip("/")
+
+    @property
+    def cluster_type(self) -> str:
+        return str(self._extra.get("cluster", "local"))
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            with self.get_conn().connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "Jobmon state database reachable and migrated"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden-fields": [],
+            "relabeling": {"host": "MySQL host (empty: SQLite)", "schema": "Database"},
+            "placeholders": {
+                "extra": '{"state_manager_url": "http://api-server:8080/jobmon", "cluster": "gridengine"}',
+            },
+        }

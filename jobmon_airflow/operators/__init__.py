@@ -1,0 +1,3 @@
+from jobmon_airflow.operators.task import JobmonTaskOperator
+
+__all__ = ["JobmonTaskOperator"]

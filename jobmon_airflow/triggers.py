@@ -1,0 +1,59 @@
+"""JobmonTaskTrigger: waits in the triggerer until a Jobmon task instance ends. Read-only: it writes nothing but
+workflow-run heartbeats; ``execute_complete`` records the outcome (a trigger may run more than once)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, SharedWatcher, kill_task_instance
+
+
+class JobmonTaskTrigger(BaseTrigger):
+    def __init__(
+        self,
+        task_instance_id: int,
+        job_id: str,
+        cluster: dict[str, Any],
+        jobmon_conn_id: str = "jobmon_default",
+        poll_interval: float = 10.0,
+        lost_grace_s: float = DEFAULT_LOST_GRACE_S,
+    ) -> None:
+        super().__init__()
+        self.task_instance_id = task_instance_id
+        self.job_id = job_id
+        self.cluster = cluster
+        self.jobmon_conn_id = jobmon_conn_id
+        self.poll_interval = poll_interval
+        self.lost_grace_s = lost_grace_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "jobmon_airflow.triggers.JobmonTaskTrigger",
+            {
+                "task_instance_id": self.task_instance_id,
+                "job_id": self.job_id,
+                "cluster": self.cluster,
+                "jobmon_conn_id": self.jobmon_conn_id,
+                "poll_interval": self.poll_interval,
+                "lost_grace_s": self.lost_grace_s,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        watcher = await SharedWatcher.get(self.jobmon_conn_id, self.cluster, self.poll_interval, self.lost_grace_s)
+        event = await watcher.wait(self.task_instance_id, self.job_id)
+        yield TriggerEvent(event)
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: the user marked the deferred task failed/success or cleared it: delete the job."""
+        watcher = await SharedWatcher.get(self.jobmon_conn_id, self.cluster, self.poll_interval, self.lost_grace_s)
+        try:
+            await asyncio.to_thread(
+                kill_task_instance, watcher.poller.service, watcher.poller.cluster, self.task_instance_id, self.job_id
+            )
+        except Exception:  # best effort, as Airflow's own on_kill implementations: log and carry on
+            self.log.exception("Could not kill job %s of task instance %s", self.job_id, self.task_instance_id)
