@@ -143,9 +143,7 @@ def upgrade() -> None:
         sa.Column("created_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=True),
         sa.Column("status", sa.String(length=1), nullable=False),
         sa.Column("status_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["status"], ["workflow_status.id"], name=op.f("fk_workflow_status_workflow_status")
-        ),
+        sa.ForeignKeyConstraint(["status"], ["workflow_status.id"], name=op.f("fk_workflow_status_workflow_status")),
         sa.ForeignKeyConstraint(
             ["tool_version_id"], ["tool_version.id"], name=op.f("fk_workflow_tool_version_id_tool_version")
         ),
@@ -158,9 +156,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("workflow", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_workflow_dag_id"), ["dag_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_workflow_workflow_args_hash"), ["workflow_args_hash"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_workflow_workflow_args_hash"), ["workflow_args_hash"], unique=False)
 
     op.create_table(
         "task_resources",
@@ -212,9 +208,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["workflow_id"], ["workflow.id"], name=op.f("fk_workflow_attribute_workflow_id_workflow")
         ),
-        sa.PrimaryKeyConstraint(
-            "workflow_id", "workflow_attribute_type_id", name=op.f("pk_workflow_attribute")
-        ),
+        sa.PrimaryKeyConstraint("workflow_id", "workflow_attribute_type_id", name=op.f("pk_workflow_attribute")),
     )
     op.create_table(
         "workflow_run",
@@ -225,15 +219,11 @@ def upgrade() -> None:
         sa.Column("created_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
         sa.Column("status", sa.String(length=1), nullable=False),
         sa.Column("status_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
-        sa.Column(
-            "heartbeat_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False
-        ),
+        sa.Column("heartbeat_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
         sa.ForeignKeyConstraint(
             ["status"], ["workflow_run_status.id"], name=op.f("fk_workflow_run_status_workflow_run_status")
         ),
-        sa.ForeignKeyConstraint(
-            ["workflow_id"], ["workflow.id"], name=op.f("fk_workflow_run_workflow_id_workflow")
-        ),
+        sa.ForeignKeyConstraint(["workflow_id"], ["workflow.id"], name=op.f("fk_workflow_run_workflow_id_workflow")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workflow_run")),
     )
     with op.batch_alter_table("workflow_run", schema=None) as batch_op:
@@ -308,9 +298,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_task_array_id_status"), ["array_id", "status"], unique=False)
         batch_op.create_index(batch_op.f("ix_task_name"), ["name"], unique=False)
         batch_op.create_index(batch_op.f("ix_task_status_date"), ["status_date"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_task_workflow_id_status"), ["workflow_id", "status"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_task_workflow_id_status"), ["workflow_id", "status"], unique=False)
 
     op.create_table(
         "task_attribute",
@@ -350,17 +338,11 @@ def upgrade() -> None:
         sa.Column("stderr", sa.String(length=1000), nullable=True),
         sa.Column("exit_record", sa.String(length=1000), nullable=True),
         sa.Column("status", sa.String(length=1), nullable=False),
-        sa.Column(
-            "submitted_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=True
-        ),
+        sa.Column("submitted_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=True),
         sa.Column("status_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
-        sa.Column(
-            "report_by_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=True
-        ),
+        sa.Column("report_by_date", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=True),
         sa.ForeignKeyConstraint(["array_id"], ["array.id"], name=op.f("fk_task_instance_array_id_array")),
-        sa.ForeignKeyConstraint(
-            ["cluster_id"], ["cluster.id"], name=op.f("fk_task_instance_cluster_id_cluster")
-        ),
+        sa.ForeignKeyConstraint(["cluster_id"], ["cluster.id"], name=op.f("fk_task_instance_cluster_id_cluster")),
         sa.ForeignKeyConstraint(
             ["status"], ["task_instance_status.id"], name=op.f("fk_task_instance_status_task_instance_status")
         ),
@@ -477,10 +459,7 @@ def _seed() -> None:
         table = sa.table(table_name, sa.column("id"), sa.column("label"), sa.column("description"))
         op.bulk_insert(
             table,
-            [
-                {"id": s.value, "label": s.name, "description": states.DESCRIPTIONS[enum][s.value]}
-                for s in enum
-            ],
+            [{"id": s.value, "label": s.name, "description": states.DESCRIPTIONS[enum][s.value]} for s in enum],
         )
     op.bulk_insert(
         sa.table("task_resources_type", sa.column("id"), sa.column("label")),
