@@ -1,0 +1,661 @@
+"""The worker node: the wrapper every Jobmon job runs on the compute node.
+
+Run as ``python -m jobmon_airflow.worker_node --task-instance-id 17 --state-manager-url URL --token-file F
+--exit-record R --command-b64 B64``. It reports running to the State Manager, runs the task's shell command,
+heartbeats while the command runs (obeying a kill request), classifies the exit and reports done or error with
+the stderr tail and usage. Before reporting the outcome over HTTP it writes an exit record file, so that the
+outcome survives a State Manager outage.
+
+Standard library only and no other ``jobmon_airflow`` module: this starts with every job, so start-up time and
+memory matter, and the compute node may not have the server's dependencies.
+
+Process model. The command runs as ``/bin/bash -c <command>`` in the worker's own process group, which is the
+job's: Grid Engine's ``qdel`` and ``h_rt`` kills signal the job's process group (the addgrp kill that would
+catch other groups is off by default), so a command in a group of its own would survive them as an orphan. To
+interrupt the command alone (kill request), the worker signals the command's process tree, found through
+``/proc``, never the whole group (that holds the job script and the worker too).
+
+Exit code of the worker: the command's (128 + N when it died of signal N) so cluster accounting shows it; 198 on
+a set-up failure of the worker itself; 130 when the task was killed before the command started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import http.client
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("jobmon_airflow.worker_node")
+
+# TaskInstance status codes this module sends or reads. The canonical table is the package's state-machine
+# module; it is not imported here because the worker must stay light (see the module docstring).
+TI_DONE = "D"
+TI_ERROR = "E"
+TI_ERROR_FATAL = "F"
+TI_KILL_SELF = "K"
+TI_RESOURCE_ERROR = "Z"
+
+# Exit status of the command (as Popen reports it: negative for a signal) -> (TI error state, message).
+# 137/247/-9 are Grid Engine's kills for exceeding memory or runtime (Jobmon's
+# ERROR_CODE_SET_KILLED_FOR_INSUFFICIENT_RESOURCES); 198/199 are Jobmon's worker env / CLI failures.
+# Anything not listed and non-zero is a plain error, E.
+EXIT_CLASSES: dict[int, tuple[str, str]] = {
+    137: (TI_RESOURCE_ERROR, "Insufficient resources requested (exit 137)"),
+    247: (TI_RESOURCE_ERROR, "Insufficient resources requested (exit 247)"),
+    -9: (TI_RESOURCE_ERROR, "Insufficient resources requested (killed by SIGKILL, exit -9)"),
+    198: (TI_ERROR_FATAL, "Fatal error: worker node environment failure (exit 198)"),
+    199: (TI_ERROR_FATAL, "Fatal error: worker node command-line failure (exit 199)"),
+}
+
+SETUP_FAILURE_EXIT = 198  # Jobmon's WORKER_NODE_ENV_FAILURE
+KILLED_BEFORE_START_EXIT = 130  # 128 + SIGINT: "interrupted on request", no command ran
+ERROR_MESSAGE_CHARS = 10_000  # stderr tail kept for the error message
+_TAIL_BYTES = 4 * ERROR_MESSAGE_CHARS  # enough bytes for 10,000 characters of any UTF-8 text
+REPORT_BY_BUFFER = 3.1  # next report-by deadline = interval * 3.1 (Jobmon's report_by_buffer)
+_READER_JOIN_S = 2.0  # a background process may keep stderr open after the command exits; do not wait on it
+
+# Signals the worker passes on to the command. A group-wide signal reaches the command anyway, so it gets
+# these twice; harmless for termination signals. SIGINT/SIGUSR1/SIGUSR2 (Grid Engine's -notify warnings) are
+# only logged: they arrive group-wide, and the worker must survive them to report the outcome.
+_FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_SURVIVED_SIGNALS = (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class SetupError(Exception):
+    """The worker cannot do its job: bad arguments, unreadable token file, undecodable command."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def distributor_id_from_env(env: Mapping[str, str]) -> str | None:
+    """Grid Engine job id, with ``.task`` for an array element (SGE sets SGE_TASK_ID=undefined otherwise)."""
+    job_id = env.get("JOB_ID", "").strip()
+    if not job_id:
+        return None
+    task_id = env.get("SGE_TASK_ID", "").strip()
+    if task_id and task_id != "undefined":
+        return f"{job_id}.{task_id}"
+    return job_id
+
+
+def classify_exit(exit_status: int) -> tuple[str, str]:
+    """TaskInstance state and message for the command's exit status (negative: killed by that signal)."""
+    if exit_status == 0:
+        return TI_DONE, ""
+    if exit_status in EXIT_CLASSES:
+        return EXIT_CLASSES[exit_status]
+    if exit_status < 0:
+        return TI_ERROR, f"Command killed by signal {_signal_name(-exit_status)} (exit {exit_status})"
+    return TI_ERROR, f"Command exited with status {exit_status}"
+
+
+def worker_exit_code(exit_status: int) -> int:
+    """The command's exit status in shell convention: 128 + N for death by signal N."""
+    return 128 - exit_status if exit_status < 0 else exit_status
+
+
+def error_message(header: str, stderr_tail: str) -> str:
+    """``header`` then the end of stderr, at most ERROR_MESSAGE_CHARS in all (the end is what explains)."""
+    if not stderr_tail:
+        return header
+    if not header:
+        return stderr_tail[-ERROR_MESSAGE_CHARS:]
+    room = max(ERROR_MESSAGE_CHARS - len(header) - 1, 0)
+    return f"{header}\n{stderr_tail[-room:]}" if room else header
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The State Manager client
+
+
+@dataclass
+class Reply:
+    """Result of one State Manager call, after retries: ``ok`` with the JSON reply, or the last error."""
+
+    ok: bool
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib would resend the Authorization header to wherever a redirect points, and turn the POST into a GET."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class StateManagerClient:
+    """POSTs to ``{url}/api/state/task_instance/{id}/{action}`` with the bearer token."""
+
+    def __init__(self, url: str, token: str, task_instance_id: int, timeout: float, retry_seconds: float):
+        self._base = f"{url.rstrip('/')}/api/state/task_instance/{task_instance_id}"
+        self._token = token
+        self._timeout = timeout
+        self._retry_seconds = retry_seconds
+        self._opener = urllib.request.build_opener(_NoRedirect)
+
+    def post(self, action: str, body: dict[str, Any], *, retry: bool) -> Reply:
+        """One call; with ``retry``, connection failures, timeouts, 429 and 5xx are retried with backoff.
+
+        Worst case duration: retry_seconds + timeout. Other 4xx are final: the server understood and refused.
+        """
+        request = urllib.request.Request(
+            f"{self._base}/{action}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"},
+        )
+        deadline = time.monotonic() + (self._retry_seconds if retry else 0.0)
+        delay = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._opener.open(request, timeout=self._timeout) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as exc:
+                error = f"HTTP {exc.code} {exc.reason}: {_body_excerpt(exc)}"
+                if 300 <= exc.code < 500 and exc.code != 429:
+                    log.warning("%s failed, not retried: %s", action, error)
+                    return Reply(ok=False, error=error)
+            except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timeout, bad reply
+                cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                error = f"{type(cause).__name__}: {cause}"
+            except ValueError as exc:  # a malformed URL: retrying cannot help
+                log.warning("%s failed, not retried: %s", action, exc)
+                return Reply(ok=False, error=f"{type(exc).__name__}: {exc}")
+            else:
+                return Reply(ok=True, data=_json_object(raw, action))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("%s failed after %d attempt(s), giving up: %s", action, attempt, error)
+                return Reply(ok=False, error=error)
+            log.warning("%s attempt %d failed (%s); retrying", action, attempt, error)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 8.0)
+
+
+def _body_excerpt(exc: urllib.error.HTTPError) -> str:
+    try:
+        return exc.read(300).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _json_object(raw: bytes, action: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        log.warning("%s: reply is not a JSON object: %r", action, raw[:200])
+        return {}
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exit record
+
+
+def write_exit_record(path: str, record: dict[str, Any]) -> bool:
+    """Write ``record`` as JSON atomically (temp file in the same directory, fsync, rename); False on failure."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("cannot write exit record %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    try:  # make the rename itself durable; not every file system lets a directory be opened
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command's process tree
+
+
+def _proc_table() -> dict[int, tuple[int, str]] | None:
+    """pid -> (ppid, start time) of live processes from /proc (zombies left out); None without /proc."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    table: dict[int, tuple[int, str]] = {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read().decode("ascii", "replace")
+        except OSError:
+            continue  # exited meanwhile
+        # The command name (field 2) may hold spaces and parentheses; the fields after its last ")" are fixed.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 19 and fields[0] not in ("Z", "X"):
+            table[int(name)] = (int(fields[1]), fields[19])
+    return table
+
+
+class CommandTree:
+    """Signals a command and all its descendants, including ones orphaned since they were first seen."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]):
+        self._proc = proc
+        self._seen: dict[int, str] = {}  # pid -> start time, so a reused pid is never signalled
+
+    def alive(self) -> dict[int, str]:
+        table = _proc_table()
+        if table is None:
+            return {}
+        found = {pid: start for pid, start in self._seen.items() if table.get(pid, (0, ""))[1] == start}
+        if self._proc.poll() is None and self._proc.pid in table:
+            children: dict[int, list[int]] = {}
+            for pid, (ppid, _) in table.items():
+                children.setdefault(ppid, []).append(pid)
+            stack = [self._proc.pid]
+            while stack:
+                pid = stack.pop()
+                found[pid] = table[pid][1]
+                stack.extend(children.get(pid, ()))
+        self._seen.update(found)
+        return found
+
+    def signal(self, signum: int) -> None:
+        pids = self.alive()
+        if not pids and self._proc.poll() is None:  # no /proc: the command's shell is all we can reach
+            pids = {self._proc.pid: ""}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def wait_gone(self, deadline: float) -> bool:
+        """Wait until the command and every descendant have exited, or ``deadline`` (monotonic) passes."""
+        while True:
+            if self._proc.poll() is not None and not self.alive():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+class StderrTail(threading.Thread):
+    """Copies the command's stderr to the worker's (the job's .e file) and keeps its last bytes."""
+
+    def __init__(self, fd: int):
+        super().__init__(name="stderr-tail", daemon=True)
+        self._fd = fd
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while chunk := os.read(self._fd, 65536):
+            try:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.buffer.flush()
+            except (OSError, ValueError):
+                pass  # our own stderr is gone; keep collecting the tail anyway
+            with self._lock:
+                self._buf += chunk
+                del self._buf[:-_TAIL_BYTES]
+
+    def text(self) -> str:
+        with self._lock:
+            data = bytes(self._buf)
+        return data.decode("utf-8", "replace")[-ERROR_MESSAGE_CHARS:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The worker
+
+
+@dataclass
+class Outcome:
+    """How the task instance ended on this node: what goes into the exit record and the final report."""
+
+    status: str
+    exit_status: int | None
+    error_message: str
+    worker_exit: int
+    usage: dict[str, float | int] = field(default_factory=lambda: _child_usage(None))
+
+
+class WorkerNode:
+    """One task instance's run on this node, from log_running to the final report."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.ti_id: int = args.task_instance_id
+        self.nodename = socket.getfqdn() or socket.gethostname()
+        self.distributor_id = distributor_id_from_env(os.environ)
+        self.started_at = time.time()
+        self.client: StateManagerClient | None = None
+        self.tree: CommandTree | None = None
+
+    # -- the steps, top to bottom
+
+    def run(self) -> int:
+        log.info("start: pid %d, process group %d, python %s", os.getpid(), os.getpgid(0), sys.version.split()[0])
+        try:
+            token = read_token(self.args.token_file)
+            self.client = StateManagerClient(
+                self.args.state_manager_url, token, self.ti_id, self.args.http_timeout, self.args.http_retry_seconds
+            )
+            command = decode_command(self.args.command_b64)
+        except SetupError as exc:
+            return self.finish(setup_failure(str(exc)))
+
+        increment = self.args.heartbeat_interval * REPORT_BY_BUFFER
+        reply = self.client.post(
+            "log_running",
+            {
+                "nodename": self.nodename,
+                "process_group_id": os.getpgid(0),
+                "distributor_id": self.distributor_id,
+                "next_report_increment": increment,
+            },
+            retry=True,
+        )
+        if reply.ok:
+            log.info("log_running: status %s", reply.data.get("status"))
+        else:  # the State Manager may be down; the exit record will carry the result
+            log.warning("log_running not reported (%s); running the command anyway", reply.error)
+        if reply.data.get("status") == TI_KILL_SELF:
+            log.info("kill requested before start; the command is not run")
+            return self.finish(Outcome(TI_ERROR_FATAL, None, "killed before start", KILLED_BEFORE_START_EXIT))
+
+        return self.finish(self.run_command(command, token))
+
+    def run_command(self, command: str, token: str) -> Outcome:
+        # The token must not reach the command: drop any variable that carries it.
+        env = {k: v for k, v in os.environ.items() if token not in v}
+        for name in sorted(os.environ.keys() - env.keys()):
+            log.warning("environment variable %s holds the token; not passed to the command", name)
+        env["JOBMON_TASK_INSTANCE_ID"] = str(self.ti_id)
+
+        wall_start = time.monotonic()
+        try:
+            proc = subprocess.Popen(["/bin/bash", "-c", command], env=env, stderr=subprocess.PIPE)
+        except OSError as exc:
+            return setup_failure(f"cannot start /bin/bash: {exc}")
+        assert proc.stderr is not None
+        self.tree = CommandTree(proc)
+        tail = StderrTail(proc.stderr.fileno())
+        tail.start()
+        self._install_signal_handlers()
+        shown = command if len(command) <= 2000 else command[:2000] + "..."
+        log.info("command started: pid %d: %r", proc.pid, shown)  # repr keeps a multi-line command on one line
+
+        killed = self._wait_heartbeating(proc)
+        exit_status = proc.returncode
+        wallclock = time.monotonic() - wall_start
+        tail.join(_READER_JOIN_S)
+        stderr_tail = tail.text()
+
+        if killed:
+            status, header = TI_ERROR_FATAL, "killed by request (KILL_SELF)"
+        else:
+            status, header = classify_exit(exit_status)
+            if status == TI_ERROR and stderr_tail:
+                header = ""  # a plain error explains itself through stderr
+        return Outcome(
+            status=status,
+            exit_status=exit_status,
+            error_message="" if status == TI_DONE else error_message(header, stderr_tail),
+            worker_exit=worker_exit_code(exit_status),
+            usage=_child_usage(wallclock),
+        )
+
+    def _wait_heartbeating(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Wait for the command, heartbeating every interval; True when it was killed on request."""
+        assert self.client is not None
+        interval = self.args.heartbeat_interval
+        body = {"next_report_increment": interval * REPORT_BY_BUFFER}
+        next_beat = time.monotonic() + interval
+        while True:
+            try:
+                proc.wait(timeout=max(next_beat - time.monotonic(), 0.0))
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+            # One attempt only: a server outage must neither kill nor delay the command; the next beat retries.
+            reply = self.client.post("log_report_by", body, retry=False)
+            next_beat = time.monotonic() + interval
+            if reply.ok and reply.data.get("status") == TI_KILL_SELF:
+                log.info("heartbeat reply: kill requested; interrupting the command")
+                self._interrupt(proc)
+                return True
+
+    def _interrupt(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGINT to the command tree; SIGKILL to whatever is left after the interrupt timeout."""
+        assert self.tree is not None
+        deadline = time.monotonic() + self.args.interrupt_timeout
+        self.tree.signal(signal.SIGINT)
+        if not self.tree.wait_gone(deadline):
+            log.info("command still running %.0f s after SIGINT; sending SIGKILL", self.args.interrupt_timeout)
+            self.tree.signal(signal.SIGKILL)
+        proc.wait()
+
+    def _install_signal_handlers(self) -> None:
+        def forward(signum: int, _frame: object) -> None:
+            log.info("received %s; passing it to the command", _signal_name(signum))
+            if self.tree is not None:
+                self.tree.signal(signum)
+
+        def survive(signum: int, _frame: object) -> None:
+            log.info("received %s; still waiting for the command", _signal_name(signum))
+
+        for signum in _FORWARDED_SIGNALS:
+            signal.signal(signum, forward)
+        for signum in _SURVIVED_SIGNALS:
+            signal.signal(signum, survive)
+
+    def finish(self, outcome: Outcome) -> int:
+        """Exit record first (it must exist even if reporting fails), then the report, then the record again."""
+        record: dict[str, Any] = {
+            "task_instance_id": self.ti_id,
+            "distributor_id": self.distributor_id,
+            "status": outcome.status,
+            "exit_status": outcome.exit_status,
+            "error_message": outcome.error_message,
+            "nodename": self.nodename,
+            "usage": outcome.usage,
+            "started_at": self.started_at,
+            "finished_at": time.time(),
+            "reported": False,
+        }
+        log.info(
+            "outcome %s, exit status %s, wallclock %.1f s, max RSS %d bytes",
+            outcome.status,
+            outcome.exit_status,
+            outcome.usage["wallclock_s"],
+            outcome.usage["maxrss_bytes"],
+        )
+        write_exit_record(self.args.exit_record, record)
+        if self.client is None:
+            log.error("no token, so the outcome is not reported; it is in %s", self.args.exit_record)
+            return outcome.worker_exit
+
+        body: dict[str, Any] = {"nodename": self.nodename, "exit_status": outcome.exit_status, "usage": outcome.usage}
+        if outcome.status == TI_DONE:
+            action = "log_done"
+        else:
+            action = "log_error"
+            body.update(error_state=outcome.status, error_message=outcome.error_message)
+        reply = self.client.post(action, body, retry=True)
+        if reply.ok:
+            record["reported"] = True
+            log.info("%s reported", action)
+        else:
+            record["report_error"] = f"{action}: {reply.error}"
+            log.error("%s not reported; the outcome is in %s", action, self.args.exit_record)
+        write_exit_record(self.args.exit_record, record)
+        return outcome.worker_exit
+
+
+def setup_failure(message: str) -> Outcome:
+    log.error("set-up failure: %s", message)
+    return Outcome(TI_ERROR_FATAL, SETUP_FAILURE_EXIT, f"worker node set-up failure: {message}", SETUP_FAILURE_EXIT)
+
+
+def read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SetupError(f"cannot read token file {path}: {exc}") from exc
+    if not token:
+        raise SetupError(f"token file {path} is empty")
+    return token
+
+
+def decode_command(command_b64: str) -> str:
+    try:
+        return base64.b64decode(command_b64, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise SetupError(f"--command-b64 is not base64 of UTF-8 text: {exc}") from exc
+
+
+def _child_usage(wallclock: float | None) -> dict[str, float | int]:
+    """Usage of the command, once waited for; zeros (``wallclock`` None) when no command ran.
+
+    Linux counts the RSS of the worker at the command's fork/exec in the children's max RSS, so a tiny command
+    shows the worker's RSS (about 20 MB); for real tasks the command's own peak dominates.
+    """
+    if wallclock is None:
+        return {"maxrss_bytes": 0, "wallclock_s": 0.0, "cpu_s": 0.0}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "maxrss_bytes": usage.ru_maxrss * 1024,  # Linux reports kilobytes
+        "wallclock_s": round(wallclock, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit 2 without an exit record
+        raise SetupError(message)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m jobmon_airflow.worker_node",
+        description="Run one Jobmon task instance's command and report it to the State Manager.",
+    )
+    parser.add_argument("--task-instance-id", type=int, required=True)
+    parser.add_argument("--state-manager-url", required=True, help="e.g. http://host:8790/jobmon")
+    parser.add_argument("--token-file", required=True, help="file holding the bearer token (never pass the token)")
+    parser.add_argument("--exit-record", required=True, help="JSON file the outcome is written to")
+    parser.add_argument("--command-b64", required=True, help="base64 of the UTF-8 shell command")
+    parser.add_argument("--heartbeat-interval", type=_positive_float, default=90.0, help="seconds (default 90)")
+    parser.add_argument(
+        "--interrupt-timeout", type=_positive_float, default=10.0, help="SIGINT to SIGKILL, seconds (default 10)"
+    )
+    parser.add_argument("--http-timeout", type=_positive_float, default=10.0, help="per request, seconds")
+    parser.add_argument(
+        "--http-retry-seconds", type=float, default=30.0, help="retry budget of start and final reports, seconds"
+    )
+    return parser
+
+
+def _argv_value(argv: Sequence[str], option: str) -> str | None:
+    """Best-effort lookup of ``option`` in an argv that argparse rejected."""
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _configure_logging(context: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"jobmon-worker: %(asctime)s {context}: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    host = socket.gethostname()
+    job = distributor_id_from_env(os.environ)
+    try:
+        args = build_parser().parse_args(argv)
+    except SetupError as exc:
+        _configure_logging(f"ti={_argv_value(argv, '--task-instance-id')} job={job} host={host}")
+        outcome = setup_failure(f"bad arguments: {exc}")
+        exit_record = _argv_value(argv, "--exit-record")
+        if exit_record:
+            ti = _argv_value(argv, "--task-instance-id")
+            write_exit_record(
+                exit_record,
+                {
+                    "task_instance_id": int(ti) if ti and ti.isdigit() else ti,
+                    "distributor_id": job,
+                    "status": outcome.status,
+                    "exit_status": outcome.exit_status,
+                    "error_message": outcome.error_message,
+                    "nodename": host,
+                    "usage": outcome.usage,
+                    "started_at": time.time(),
+                    "finished_at": time.time(),
+                    "reported": False,
+                },
+            )
+        return outcome.worker_exit
+    _configure_logging(f"ti={args.task_instance_id} job={job} host={host}")
+    return WorkerNode(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
