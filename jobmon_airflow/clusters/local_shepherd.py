@@ -359,8 +359,7 @@ class Shepherd:
         self, elem: _Element, marks: set[str], vmem: int, now: float
     ) -> tuple[ExitKind, str | None, str] | None:
         if self._kill_requested(elem, marks):
-            how = "the shepherd got SIGTERM" if self.terminated else "kill()"
-            return ExitKind.DELETED, None, f"deleted by {how} while running (as qdel: failed 100)"
+            return self._deletion()
         if vmem > self.memory_bytes:
             return (
                 ExitKind.RESOURCE_KILL,
@@ -377,6 +376,10 @@ class Shepherd:
             )
         return None
 
+    def _deletion(self) -> tuple[ExitKind, str | None, str]:
+        how = "the shepherd got SIGTERM" if self.terminated else "kill()"
+        return ExitKind.DELETED, None, f"deleted by {how} while running (as qdel: failed 100)"
+
     def _reap(self) -> None:
         for elem in list(self.running):
             assert elem.proc is not None
@@ -387,6 +390,11 @@ class Shepherd:
             # Like Grid Engine, end the processes the job left behind, so its slots are really free.
             kill_pids(session_members([pid])[pid])
             _, status, usage = os.wait4(pid, 0)
+            if elem.killed is None and os.WIFSIGNALED(status):
+                # kill() marks, then signals: fresh marks tell its SIGKILL from one of unknown origin.
+                marks = {n for n in os.listdir(self.dir) if n.startswith(KILL)}
+                if self._kill_requested(elem, marks):
+                    elem.killed = self._deletion()
             ended = time.monotonic(), time.time()  # before the slots go: the next job starts after this end
             elem.proc.returncode = os.waitstatus_to_exitcode(status)
             if elem.pidfd is not None:
