@@ -7,6 +7,7 @@ the lock up front instead of failing when a read transaction tries to upgrade. M
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -96,6 +97,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)  # it logs its dialect on every call
     with engine.connect() as conn:
         return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 

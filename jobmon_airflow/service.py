@@ -837,3 +837,101 @@ class JobmonService:
                     sa.select(el.c.description).where(el.c.task_instance_id == ti_id).order_by(el.c.id)
                 )
             ]
+
+    def workflow_status(
+        self,
+        workflow_ids: Sequence[int] | None = None,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 5,
+    ) -> list[dict[str, Any]]:
+        """Jobmon's ``workflow status`` rows: task counts per bucket and retries, two grouped queries in all."""
+        with self.engine.connect() as conn:
+            q = sa.select(WF.c.id, WF.c.name, WF.c.dag_id, WF.c.run_id, WF.c.status, WF.c.created_date)
+            if workflow_ids:
+                q = q.where(WF.c.id.in_(workflow_ids))
+            if dag_id:
+                q = q.where(WF.c.dag_id == dag_id)
+            if run_id:
+                q = q.where(WF.c.run_id == run_id)
+            if not workflow_ids:
+                q = q.order_by(WF.c.id.desc()).limit(limit)
+            workflows = conn.execute(q).all()
+            counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            retries: dict[int, int] = defaultdict(int)
+            ids = [w.id for w in workflows]
+            if ids:
+                for r in conn.execute(
+                    sa.select(
+                        TASK.c.workflow_id,
+                        TASK.c.status,
+                        sa.func.count().label("n"),
+                        sa.func.sum(sa.case((TASK.c.num_attempts > 1, TASK.c.num_attempts - 1), else_=0)).label(
+                            "retries"
+                        ),
+                    )
+                    .where(TASK.c.workflow_id.in_(ids))
+                    .group_by(TASK.c.workflow_id, TASK.c.status)
+                ):
+                    counts[r.workflow_id][states.bucket_of(states.TASK_BUCKETS, r.status)] += r.n
+                    retries[r.workflow_id] += int(r.retries or 0)
+        rows = []
+        for w in workflows:
+            c = counts[w.id]
+            rows.append(
+                {
+                    "WF_ID": w.id,
+                    "WF_NAME": w.name,
+                    "WF_STATUS": states.WorkflowStatus(w.status).name,
+                    "CREATED_DATE": w.created_date.isoformat(sep=" ", timespec="seconds") if w.created_date else "",
+                    "TASKS": sum(c.values()),
+                    **{bucket: c.get(bucket, 0) for bucket in states.TASK_BUCKETS},
+                    "RETRIES": retries[w.id],
+                }
+            )
+        return rows
+
+    def workflow_tasks(self, workflow_id: int) -> list[dict[str, Any]]:
+        """Jobmon's ``workflow tasks`` rows with each task's newest instance."""
+        latest = sa.select(TI.c.task_id, sa.func.max(TI.c.id).label("ti_id")).group_by(TI.c.task_id).subquery("latest")
+        tr = models.TaskResources.__table__
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    TASK.c.id,
+                    TASK.c.name,
+                    TASK.c.status,
+                    TASK.c.num_attempts,
+                    TI.c.id.label("ti_id"),
+                    TI.c.status.label("ti_status"),
+                    TI.c.distributor_id,
+                    TI.c.nodename,
+                    TI.c.exit_status,
+                    TI.c.maxrss,
+                    TI.c.wallclock,
+                    tr.c.requested_resources,
+                )
+                .select_from(TASK)
+                .outerjoin(latest, latest.c.task_id == TASK.c.id)
+                .outerjoin(TI, TI.c.id == latest.c.ti_id)
+                .outerjoin(tr, tr.c.id == TI.c.task_resources_id)
+                .where(TASK.c.workflow_id == workflow_id)
+                .order_by(TASK.c.id)
+            ).all()
+        return [
+            {
+                "TASK_ID": r.id,
+                "TASK_NAME": r.name,
+                "STATUS": states.bucket_of(states.TASK_BUCKETS, r.status),
+                "RETRIES": max(r.num_attempts - 1, 0),
+                "TASK_INSTANCE_ID": r.ti_id,
+                "TI_STATUS": r.ti_status,
+                "DISTRIBUTOR_ID": r.distributor_id,
+                "HOST": r.nodename,
+                "EXIT": r.exit_status,
+                "MAXRSS_MB": round(r.maxrss / 2**20, 1) if r.maxrss else None,
+                "WALLCLOCK_S": round(r.wallclock, 1) if r.wallclock is not None else None,
+                "REQUESTED": r.requested_resources,
+            }
+            for r in rows
+        ]

@@ -1,0 +1,71 @@
+"""The main job: run the example workflow on the embedded defaults (SQLite + the local cluster), no service to
+install, then print Jobmon's status table. ``jobmon-airflow demo``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+DAG_ID = "example_jobmon_workflow"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_state_manager(port: int) -> None:
+    """The State Manager in a thread of this process: worker nodes report to it over HTTP."""
+    import uvicorn
+
+    from jobmon_airflow.server.app import create_standalone_app
+
+    server = uvicorn.Server(uvicorn.Config(create_standalone_app(), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="jobmon-state-manager", daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the State Manager did not start on port {port}")
+        time.sleep(0.05)
+
+
+def run(home: Path, tasks: int = 4) -> int:
+    # Airflow reads its configuration when first imported: set everything before that.
+    os.environ.setdefault("AIRFLOW_HOME", str(home / "airflow"))
+    os.environ.setdefault("JOBMON_AIRFLOW_HOME", str(home / "jobmon"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
+    os.environ["JOBMON_EXAMPLE_TASKS"] = str(tasks)
+    port = _free_port()
+    os.environ["JOBMON_AIRFLOW_STATE_MANAGER_URL"] = f"http://127.0.0.1:{port}/jobmon"
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db as airflow_db
+
+    from jobmon_airflow.cli import format_table, status_rows_for_display
+    from jobmon_airflow.hooks.jobmon import JobmonHook
+
+    print(f"Airflow home {os.environ['AIRFLOW_HOME']}; Jobmon home {os.environ['JOBMON_AIRFLOW_HOME']}", flush=True)
+    airflow_db.initdb()
+    _start_state_manager(port)
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    dag = bag.get_dag(DAG_ID)
+    if dag is None:
+        raise SystemExit(f"DAG {DAG_ID} not found in {os.environ['AIRFLOW__CORE__DAGS_FOLDER']}")
+    dag_run = dag.test()
+    service = JobmonHook().get_service()
+    service.finish_workflow_run(dag_run.dag_id, dag_run.run_id, str(dag_run.state) == "success")  # if no listener
+    rows = service.workflow_status(dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+    print(f"\nDAG run {dag_run.run_id}: {dag_run.state}\n")
+    print(format_table(status_rows_for_display(rows)))
+    if rows:
+        print()
+        print(format_table(service.workflow_tasks(rows[0]["WF_ID"])))
+    all_done = bool(rows) and all(r["DONE"] == r["TASKS"] for r in rows)
+    return 0 if all_done and str(dag_run.state) == "success" else 1
