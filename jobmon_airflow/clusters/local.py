@@ -187,6 +187,8 @@ class LocalCluster:
         problems = self.queue_limits(job.resources.queue).problems(job.resources)
         if not job.argv or not all(isinstance(a, str) for a in job.argv):
             problems.append(f"argv must be a non-empty list of strings, got {job.argv!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in job.env.items()):
+            problems.append(f"env must map strings to strings, got {dict(job.env)!r}")
         if not job.name or any(c in job.name for c in "/\n\0"):
             problems.append(f"name must be non-empty without '/' or newlines, got {job.name!r}")
         if job.array_length is not None and job.array_length < 1:
@@ -223,9 +225,9 @@ class LocalCluster:
         shepherd = read_json(job_dir / SHEPHERD) if number else None
         if shepherd is None:
             return _JobView(job_dir, False, False, None, None, frozenset())
-        pid, ticks = shepherd["pid"], shepherd["start_ticks"]
-        alive = is_alive(pid, ticks) if ticks is not None else (proc_stat(pid) or ("X",))[0] not in "ZX"
-        return _JobView(job_dir, True, alive, pid, shepherd["array_length"], frozenset(os.listdir(job_dir)))
+        alive = is_alive(shepherd["pid"], shepherd["start_ticks"])
+        names = frozenset(os.listdir(job_dir))  # after the liveness check: a dead shepherd's records are all here
+        return _JobView(job_dir, True, alive, shepherd["pid"], shepherd["array_length"], names)
 
     def _views(self, job_ids: Iterable[str]) -> list[tuple[str, int | None, _JobView]]:
         cache: dict[str, _JobView] = {}

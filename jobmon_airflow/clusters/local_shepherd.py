@@ -97,10 +97,10 @@ def proc_stat(pid: int) -> tuple[str, int, int] | None:
     return rest[0].decode(), int(rest[3]), int(rest[19])
 
 
-def is_alive(pid: int, start_ticks: int) -> bool:
+def is_alive(pid: int, start_ticks: int | None) -> bool:
     """The process exists, is the same one (start time guards against pid reuse) and is not a zombie."""
     stat = proc_stat(pid)
-    return stat is not None and stat[2] == start_ticks and stat[0] not in ("Z", "X")
+    return stat is not None and start_ticks in (None, stat[2]) and stat[0] not in ("Z", "X")
 
 
 def session_members(sessions: Iterable[int]) -> dict[int, list[int]]:
@@ -308,7 +308,7 @@ class Shepherd:
                     start_new_session=True,  # own session and process group: the unit we measure and kill
                     preexec_fn=_child_setup(self.memory_bytes),
                 )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             # Grid Engine would put the job in error state; here the element simply fails, with the reason.
             reason = f"could not start {self.argv[0]!r}: {exc}"
             with contextlib.suppress(OSError), open(err_path, "a") as err:

@@ -130,6 +130,16 @@ def test_nonzero_exit_is_error_with_stderr(cluster: LocalCluster, tmp_path: Path
     assert cluster.log_paths(job, job_id)[1].read_text() == "boom\n"
 
 
+def test_program_that_cannot_start_is_an_error(cluster: LocalCluster, tmp_path: Path) -> None:
+    job = request(tmp_path, ["/nonexistent/program", "arg"])
+    job_id = cluster.submit(job)
+    info = wait_exit(cluster, [job_id])[job_id]
+
+    assert (info.kind, info.exit_status) == (ExitKind.ERROR, None)
+    assert "could not start '/nonexistent/program'" in info.reason
+    assert "No such file or directory" in cluster.log_paths(job, job_id)[1].read_text()
+
+
 def test_process_tree_over_memory_is_killed_and_the_same_tree_fits_with_more(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
