@@ -1,6 +1,7 @@
 """Example Jobmon workflow: prepare inputs → N parallel tasks → aggregate, with real files on disk.
 
-Each task is a cluster job (the ``local`` cluster by default) tracked in the Jobmon state database.
+Each task is a cluster job (the ``local`` cluster by default) tracked in the Jobmon state database; the steps are
+in ``scripts/example_steps.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from jobmon_airflow.operators import JobmonTaskOperator
 
 N_TASKS = int(os.environ.get("JOBMON_EXAMPLE_TASKS", "4"))
 DATA_ROOT = Path(os.environ.get("JOBMON_EXAMPLE_DATA", jobmon_home() / "example-data"))
-PY = shlex.quote(sys.executable)
+STEPS = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).with_name('scripts') / 'example_steps.py'))}"
+RESOURCES = {"memory": "256M", "runtime": "5m", "cores": 1}
 
 with DAG(
     dag_id="example_jobmon_workflow",
@@ -26,45 +28,20 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     tags=["jobmon", "example"],
-    default_args={"poll_interval": 2.0},
+    default_args={"poll_interval": 2.0, "compute_resources": RESOURCES},
     doc_md=__doc__,
 ) as dag:
+    # One data directory per DAG run (run ids contain ':' and '+').
     data = shlex.quote(str(DATA_ROOT)) + "/{{ run_id | replace(':', '_') | replace('+', '_') }}"
 
-    prep = JobmonTaskOperator(
-        task_id="prepare_inputs",
-        command=(
-            f"mkdir -p {data} && {PY} -c 'import sys; "
-            f'[open(f"{{sys.argv[1]}}/input_{{i}}.txt", "w").write("\\n".join(map(str, range(i * 1000, (i + 1) * 1000)))) '
-            f"for i in range({N_TASKS})]' {data}"
-        ),
-        compute_resources={"memory": "256M", "runtime": "5m"},
-    )
-
-    summarise = [
-        JobmonTaskOperator(
-            task_id=f"sum_of_squares_{i}",
-            command=(
-                f"{PY} -c 'import sys; total = sum(int(x) ** 2 for x in open(sys.argv[1])); "
-                f'open(sys.argv[2], "w").write(str(total))\' {data}/input_{i}.txt {data}/squares_{i}.txt'
-            ),
-            compute_resources={"memory": "256M", "runtime": "5m"},
-        )
+    prepare = JobmonTaskOperator(task_id="prepare_inputs", command=f"{STEPS} prepare {data} {N_TASKS}")
+    squares = [
+        JobmonTaskOperator(task_id=f"sum_of_squares_{i}", command=f"{STEPS} squares {data} {i}")
         for i in range(N_TASKS)
     ]
+    aggregate = JobmonTaskOperator(task_id="aggregate", command=f"{STEPS} aggregate {data} {N_TASKS}")
 
-    aggregate = JobmonTaskOperator(
-        task_id="aggregate",
-        command=(
-            f'{PY} -c \'import sys, glob; parts = sorted(glob.glob(sys.argv[1] + "/squares_*.txt")); '
-            f"assert len(parts) == {N_TASKS}, parts; "
-            f'total = sum(int(open(p).read()) for p in parts); open(sys.argv[1] + "/total.txt", "w").write(str(total)); '
-            f'print("sum of squares:", total)\' {data}'
-        ),
-        compute_resources={"memory": "256M", "runtime": "5m"},
-    )
-
-    prep >> summarise >> aggregate
+    prepare >> squares >> aggregate
 
 if __name__ == "__main__":
     dag.test()
