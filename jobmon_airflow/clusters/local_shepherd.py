@@ -166,6 +166,7 @@ class _Element:
     killed: tuple[ExitKind, str | None, str] | None = None  # (kind, resource, reason) when we sent SIGKILL
     peak_vmem: int | None = None
     peak_rss: int = 0
+    rss_floor: int = 0  # the shepherd's RSS at fork: Linux counts the pre-exec image in the child's ru_maxrss
 
 
 def _child_setup(memory_bytes: int) -> Callable[[], None]:
@@ -296,6 +297,7 @@ class Shepherd:
         elem.slots = slots
         elem.start_time = time.time()
         elem.started_mono = time.monotonic()
+        elem.rss_floor = memory_usage([os.getpid()])[1]
         try:
             with open(out_path, "ab") as out, open(err_path, "ab") as err:
                 elem.proc = subprocess.Popen(
@@ -416,21 +418,30 @@ class Shepherd:
             kind, res, reason = ExitKind.ERROR, None, f"killed by signal {sig} ({-code}), not sent by the shepherd"
         else:
             kind, res, reason = ExitKind.ERROR, None, f"exit status {code}"
-        # ru_maxrss (KB) is exact but per process (the largest of the leader and its reaped descendants); the
-        # sampled RSS sum covers the whole tree but may miss short peaks. Both are lower bounds: keep the larger.
         self._record(
             elem,
             kind,
             exit_status,
             res,
             reason,
-            maxrss_bytes=max(usage.ru_maxrss * 1024, elem.peak_rss),
+            maxrss_bytes=self._maxrss(elem, usage.ru_maxrss * 1024),
             maxvmem_bytes=elem.peak_vmem,
             wallclock_s=round(ended[0] - elem.started_mono, 3),
             cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
             start_time=elem.start_time,
             end_time=ended[1],
         )
+
+    @staticmethod
+    def _maxrss(elem: _Element, ru_maxrss: int) -> int:
+        """The larger of two lower bounds of the tree's peak RSS: ru_maxrss, exact but per process (the largest of
+        the leader and its reaped descendants), and the sampled sum over the tree, which may miss short peaks.
+
+        A ru_maxrss at the fork floor (the shepherd's own image, ~12 MB) says nothing about the job: then only the
+        samples count, and without samples (a job shorter than one poll) the floor stands as an upper bound.
+        """
+        measured = ru_maxrss if ru_maxrss > elem.rss_floor + 2**20 else 0  # 1 MiB: pages the preexec_fn touched
+        return max(measured, elem.peak_rss) or ru_maxrss
 
     def _record(
         self,

@@ -245,6 +245,27 @@ def test_job_survives_the_submitting_process(cluster: LocalCluster, tmp_path: Pa
     assert (tmp_path / "logs" / f"orphan.o{job_id}").read_text() == "survived\n"
 
 
+def test_concurrent_submitters_get_distinct_increasing_ids(cluster: LocalCluster, tmp_path: Path) -> None:
+    submitter = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from jobmon_airflow.clusters.base import JobRequest
+        from jobmon_airflow.clusters.local import LocalCluster
+        from jobmon_airflow.resources import Resources
+        cluster = LocalCluster(Path({str(cluster.root)!r}), slots=4)
+        job = JobRequest("many", ["true"], Resources(), Path({str(tmp_path / "logs")!r}))
+        print(*(cluster.submit(job) for _ in range(5)))
+        """
+    )
+    procs = [subprocess.Popen([PY, "-c", submitter], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=30)[0].split() for p in procs]
+
+    assert all(ids == sorted(ids, key=int) for ids in outputs)  # increasing within each submitter
+    job_ids = [job_id for ids in outputs for job_id in ids]
+    assert sorted(map(int, job_ids)) == list(range(1, 21))
+    assert {i.kind for i in wait_exit(cluster, job_ids).values()} == {ExitKind.DONE}
+
+
 def test_argv_reaches_the_program_exactly(cluster: LocalCluster, tmp_path: Path) -> None:
     args = ["a b", "'single'", '"double"', "x; rm -rf /", "$(echo hi)", "`id`", "line1\nline2", "", "*", "\\"]
     dump = "import json, sys; json.dump(sys.argv[1:], open('argv.json', 'w'))"
@@ -302,3 +323,11 @@ def test_max_rss_of_a_100_mib_job(cluster: LocalCluster, tmp_path: Path) -> None
     assert info.kind == ExitKind.DONE
     assert info.maxrss_bytes is not None and 100 * MIB <= info.maxrss_bytes < 160 * MIB
     assert info.cpu_s is not None and info.cpu_s >= 0
+
+
+def test_max_rss_of_a_small_job_is_not_the_shepherds(cluster: LocalCluster, tmp_path: Path) -> None:
+    job_id = cluster.submit(request(tmp_path, ["sleep", "0.5"]))
+    info = wait_exit(cluster, [job_id])[job_id]
+
+    assert info.maxrss_bytes is not None and info.maxvmem_bytes is not None
+    assert 0 < info.maxrss_bytes <= info.maxvmem_bytes < 20 * MIB  # sleep: ~1 MB resident, a few MB virtual
