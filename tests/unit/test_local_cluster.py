@@ -213,6 +213,27 @@ def test_slot_limit_serialises_jobs_and_pending_jobs_can_be_deleted(tmp_path: Pa
     assert not (tmp_path / "logs" / f"doomed.o{doomed}").exists()
 
 
+def test_multi_core_job_takes_all_its_slots_at_once(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "two-slots", slots=2)
+    wide = cluster.submit(request(tmp_path, ["sh", "-c", "echo $NSLOTS; sleep 0.5"], "wide", Resources(cores=2)))
+    wait_state(cluster, wide, JobState.RUNNING)
+    narrow = cluster.submit(request(tmp_path, ["sleep", "0.1"]))
+    infos = wait_exit(cluster, [wide, narrow])
+
+    assert max_overlap(list(infos.values())) == 1  # the 1-core job found no free slot while the 2-core job ran
+    assert infos[wide].slots == 2 and (tmp_path / "logs" / f"wide.o{wide}").read_text() == "2\n"
+
+
+def test_terminated_shepherd_deletes_its_job_and_says_so(cluster: LocalCluster, tmp_path: Path) -> None:
+    job_id = cluster.submit(request(tmp_path, ["sleep", "30"]))
+    wait_state(cluster, job_id, JobState.RUNNING)
+    os.kill(json.loads((cluster.jobs_dir / job_id / "shepherd.json").read_text())["pid"], signal.SIGTERM)
+    info = wait_exit(cluster, [job_id], timeout=5)[job_id]
+
+    assert (info.kind, info.exit_status) == (ExitKind.DELETED, 137)
+    assert "SIGTERM" in info.reason
+
+
 def test_submission_that_can_never_run_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
     with pytest.raises(SubmissionError, match="cores 5 exceeds queue local limit 4"):
         cluster.submit(request(tmp_path, ["true"], resources=Resources(cores=5)))
