@@ -56,6 +56,7 @@ def worker_argv(
     token_file: Path,
     exit_record: Path,
     heartbeat_interval: float,
+    http_retry_seconds: float = 30.0,
 ) -> list[str]:
     """The job's argv. The command travels base64-encoded: one opaque token no shell or qsub can re-split."""
     return [
@@ -67,6 +68,7 @@ def worker_argv(
         "--token-file", str(token_file),
         "--exit-record", str(exit_record),
         "--heartbeat-interval", f"{heartbeat_interval:g}",
+        "--http-retry-seconds", f"{http_retry_seconds:g}",
         "--command-b64", base64.b64encode(command.encode()).decode(),
     ]  # fmt: skip
 
@@ -109,6 +111,7 @@ def submit_task_instance(
     state_manager_url: str,
     heartbeat_interval: float,
     try_number: int | None,
+    http_retry_seconds: float = 30.0,
     env: Mapping[str, str] | None = None,
 ) -> Submission:
     """Queue one instance with the right resources and submit it; the job id is stored right after submission."""
@@ -129,7 +132,9 @@ def submit_task_instance(
     service.instantiate([ti_id], {ti_id: hash_token(token)}, {ti_id: {"exit_record": str(exit_record)}})
     job = JobRequest(
         name=name,
-        argv=worker_argv(ti_id, command, state_manager_url, token_file, exit_record, heartbeat_interval),
+        argv=worker_argv(
+            ti_id, command, state_manager_url, token_file, exit_record, heartbeat_interval, http_retry_seconds
+        ),
         resources=resources,
         log_dir=log_dir,
         env=dict(env or {}),

@@ -25,8 +25,9 @@ class JobmonHook(BaseHook):
       * extra ``mysql_conn_id``: an Airflow MySQL connection holding the database;
       * host/login/password/schema/port: a MySQL/MariaDB server (driver PyMySQL);
       * no connection at all: the embedded SQLite file under ``$JOBMON_AIRFLOW_HOME``.
-    Extras ``state_manager_url`` (where worker nodes report; default ``$JOBMON_AIRFLOW_STATE_MANAGER_URL``, else
-    the standalone server's address) and ``cluster`` (``local`` or ``gridengine``; default ``local``).
+    Extras: ``state_manager_url`` (where worker nodes report; default ``$JOBMON_AIRFLOW_STATE_MANAGER_URL``,
+    else the standalone server's address), ``cluster`` (``local`` or ``gridengine``; default ``local``) and
+    ``worker_http_retry_seconds`` (default 30).
     """
 
     conn_name_attr = "jobmon_conn_id"
@@ -89,6 +90,11 @@ class JobmonHook(BaseHook):
     def state_manager_url(self) -> str:
         url = self._extra.get("state_manager_url") or os.environ.get(STATE_MANAGER_URL_ENV)
         return str(url or DEFAULT_STATE_MANAGER_URL).rstrip("/")
+
+    @property
+    def worker_http_retry_seconds(self) -> float:
+        """How long a worker node retries its start and final reports before relying on its exit record."""
+        return float(self._extra.get("worker_http_retry_seconds", 30.0))
 
     @property
     def cluster_type(self) -> str:

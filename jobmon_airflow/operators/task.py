@@ -171,6 +171,7 @@ class JobmonTaskOperator(BaseOperator):
                     state_manager_url=self.hook.state_manager_url,
                     heartbeat_interval=self.heartbeat_interval,
                     try_number=ti.try_number,
+                    http_retry_seconds=self.hook.worker_http_retry_seconds,
                 )
             except (SubmissionError, ResourceError) as exc:
                 raise AirflowFailException(f"{cluster.name} refused the job: {exc}") from None
