@@ -50,6 +50,7 @@ SHEPHERD_LOG = "shepherd.log"
 KILL = "kill"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _PR_SET_PDEATHSIG = 1
+_DEFAULT_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def element_file(prefix: str, element: int | None) -> str:
@@ -180,6 +181,8 @@ def _child_setup(memory_bytes: int) -> Callable[[], None]:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        for sig in _DEFAULT_SIGNALS:  # an ignored SIGHUP (nohup'd Airflow worker) would survive exec
+            signal.signal(sig, signal.SIG_DFL)
         if prctl is not None:
             # A SIGKILLed shepherd cannot kill its job; the leader at least goes with it (descendants may not).
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
