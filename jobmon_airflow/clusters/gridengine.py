@@ -547,7 +547,7 @@ def parse_qconf_object(text: str) -> dict[str, str]:
 
 def _queue_values(value: str) -> list[str]:
     """A queue attribute's default and per-host values: "1,[vm=2],[@big=8]" → ["1", "2", "8"]."""
-    default, *overrides = re.split(r",(?=\[)", value)
+    default, *overrides = re.split(r",\s*(?=\[)", value)
     return [default.strip()] + [o.strip("[] ").partition("=")[2] for o in overrides]
 
 
