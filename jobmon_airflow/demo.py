@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
 from pathlib import Path
 
 DAG_ID = "example_jobmon_workflow"
@@ -16,21 +14,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _start_state_manager(port: int) -> None:
-    """The State Manager in a thread of this process: worker nodes report to it over HTTP."""
-    import uvicorn
-
-    from jobmon_airflow.server.app import create_standalone_app
-
-    server = uvicorn.Server(uvicorn.Config(create_standalone_app(), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, name="jobmon-state-manager", daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the State Manager did not start on port {port}")
-        time.sleep(0.05)
 
 
 def run(home: Path, tasks: int = 4) -> int:
@@ -48,10 +31,11 @@ def run(home: Path, tasks: int = 4) -> int:
 
     from jobmon_airflow.cli import format_table, status_rows_for_display
     from jobmon_airflow.hooks.jobmon import JobmonHook
+    from jobmon_airflow.server.app import start_in_thread
 
     print(f"Airflow home {os.environ['AIRFLOW_HOME']}; Jobmon home {os.environ['JOBMON_AIRFLOW_HOME']}", flush=True)
     airflow_db.initdb()
-    _start_state_manager(port)
+    start_in_thread(port)
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")

@@ -636,7 +636,7 @@ class JobmonService:
             live = [
                 r.id
                 for chunk in _chunks(list(ti_ids))
-                for r in s.execute(sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status.in_("QIOR")))
+                for r in s.execute(sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status.in_(list("QIOR"))))
             ]
             changed = _transition(s, states.TASK_INSTANCE_FSM, TI, live, "K")
             _log_errors(s, changed, message)

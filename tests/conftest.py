@@ -28,9 +28,7 @@ os.environ.setdefault("JOBMON_AIRFLOW_HOME", str(_HOME / "jobmon"))
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
-MARIADB_URL = os.environ.get(
-    "JOBMON_TEST_MARIADB_URL", "mysql+pymysql://jobmon:jobmon@127.0.0.1:3306/jobmon"
-)
+MARIADB_URL = os.environ.get("JOBMON_TEST_MARIADB_URL", "mysql+pymysql://jobmon:jobmon@127.0.0.1:3306/jobmon")
 
 
 def require_service(reason: str | None, what: str) -> None:
@@ -85,3 +83,44 @@ def tmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private JOBMON_AIRFLOW_HOME (SQLite state DB, logs, local cluster) for one test."""
     monkeypatch.setenv("JOBMON_AIRFLOW_HOME", str(tmp_path / "jobmon"))
     yield tmp_path / "jobmon"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata database (SQLite under the session's AIRFLOW_HOME)."""
+    from airflow.utils import db as airflow_db
+
+    airflow_db.initdb()
+
+
+@pytest.fixture(scope="session")
+def state_manager() -> Iterator[str]:
+    """The standalone Jobmon State Manager on the session's embedded database; its URL is exported to operators."""
+    from jobmon_airflow.server.app import start_in_thread
+
+    port = free_port()
+    server = start_in_thread(port)
+    url = f"http://127.0.0.1:{port}/jobmon"
+    os.environ["JOBMON_AIRFLOW_STATE_MANAGER_URL"] = url
+    yield url
+    server.should_exit = True
+
+
+def run_dag(dag: object) -> object:
+    """``dag.test()`` for a DAG built inside a test (it must be serialised to the metadata DB first)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag.test()  # type: ignore[attr-defined]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 from fastapi import FastAPI
 
 from jobmon_airflow import db, service
@@ -29,3 +33,17 @@ def create_standalone_app(db_url: str | None = None) -> FastAPI:
     outer = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     outer.mount(URL_PREFIX, create_app(db_url))
     return outer
+
+
+def start_in_thread(port: int, db_url: str | None = None, host: str = "127.0.0.1") -> Any:
+    """Serve the standalone app from a daemon thread (the demo, tests); returns the uvicorn server."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_standalone_app(db_url), host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="jobmon-state-manager", daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Jobmon State Manager did not start on {host}:{port}")
+        time.sleep(0.05)
+    return server

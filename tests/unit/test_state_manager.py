@@ -1,0 +1,100 @@
+"""State Manager routes: authentication per task instance, transitions through the state machines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from jobmon_airflow import db, models
+from jobmon_airflow.resources import QueueLimits, Resources
+from jobmon_airflow.server.app import create_standalone_app
+from jobmon_airflow.service import JobmonService, TaskSpec, hash_token
+
+BASE = "/jobmon/api/state/task_instance"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[TestClient, JobmonService, list[int]]:
+    url = f"sqlite:///{tmp_path / 'jobmon.sqlite'}"
+    svc = JobmonService(db.get_engine(url))
+    db.upgrade(svc.engine)
+    run = svc.bind_workflow_run(dag_id="d", run_id="r")
+    task_ids = svc.bind_tasks(run.workflow_id, [TaskSpec("a", "a", "true"), TaskSpec("b", "b", "true")])
+    cluster_id = svc.cluster_id("local", "local")
+    ti_ids = svc.queue_task_instances(run.workflow_run_id, cluster_id, task_ids, Resources(), "O", QueueLimits("local"))
+    svc.instantiate(ti_ids, {ti_ids[0]: hash_token("token-a"), ti_ids[1]: hash_token("token-b")}, {})
+    svc.log_distributor_ids({ti_ids[0]: "1", ti_ids[1]: "2"})
+    return TestClient(create_standalone_app(url)), svc, ti_ids
+
+
+RUNNING = {"nodename": "node1", "process_group_id": 42, "distributor_id": "1", "next_report_increment": 279}
+
+
+def test_missing_token_is_401(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, svc, (a, _) = setup
+    response = client.post(f"{BASE}/{a}/log_running", json=RUNNING)
+    assert response.status_code == 401
+    assert svc.status_of(a) == "O"
+
+
+def test_wrong_token_is_403(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, svc, (a, _) = setup
+    response = client.post(f"{BASE}/{a}/log_running", json=RUNNING, headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 403
+    assert svc.status_of(a) == "O"
+
+
+def test_token_of_another_task_instance_is_403(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, svc, (_, b) = setup
+    response = client.post(f"{BASE}/{b}/log_running", json=RUNNING, headers={"Authorization": "Bearer token-a"})
+    assert response.status_code == 403
+    assert svc.status_of(b) == "O"
+
+
+def test_unknown_task_instance_is_403_not_a_leak(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, _, _ = setup
+    response = client.post(f"{BASE}/999/log_running", json=RUNNING, headers={"Authorization": "Bearer token-a"})
+    assert response.status_code == 403
+
+
+def test_worker_lifecycle_over_http(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, svc, (a, _) = setup
+    auth = {"Authorization": "Bearer token-a"}
+    assert client.post(f"{BASE}/{a}/log_running", json=RUNNING, headers=auth).json() == {"status": "R"}
+    assert client.post(f"{BASE}/{a}/log_report_by", json={"next_report_increment": 279}, headers=auth).json() == {
+        "status": "R"
+    }
+    done = {"nodename": "node1", "exit_status": 0, "usage": {"maxrss_bytes": 1024, "wallclock_s": 1.5}}
+    assert client.post(f"{BASE}/{a}/log_done", json=done, headers=auth).json() == {"status": "D"}
+    view = svc.task_instance(a)
+    assert (view.status, view.nodename, view.maxrss, view.wallclock) == ("D", "node1", 1024, 1.5)
+    # A retried report after success is a no-op; an error after done is illegal (409).
+    assert client.post(f"{BASE}/{a}/log_done", json=done, headers=auth).json() == {"status": "D"}
+    error = {"error_state": "E", "exit_status": 1, "error_message": "late"}
+    assert client.post(f"{BASE}/{a}/log_error", json=error, headers=auth).status_code == 409
+    assert svc.status_of(a) == "D"
+
+
+def test_error_report_stores_the_stderr_tail(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, svc, (_, b) = setup
+    auth = {"Authorization": "Bearer token-b"}
+    client.post(f"{BASE}/{b}/log_running", json={**RUNNING, "distributor_id": "2"}, headers=auth)
+    error = {"error_state": "Z", "exit_status": 137, "error_message": "Killed: out of memory", "nodename": "n"}
+    assert client.post(f"{BASE}/{b}/log_error", json=error, headers=auth).json() == {"status": "Z"}
+    assert svc.error_logs(b) == ["Killed: out of memory"]
+    with svc.engine.connect() as conn:
+        task_status = conn.execute(
+            sa.select(models.Task.status).join(models.TaskInstance).where(models.TaskInstance.id == b)
+        ).scalar_one()
+    assert task_status == "A"  # resource kill: the task waits for scaled resources
+
+
+def test_bad_body_names_the_field(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, _, (a, _) = setup
+    auth = {"Authorization": "Bearer token-a"}
+    response = client.post(f"{BASE}/{a}/log_error", json={"error_state": "D"}, headers=auth)
+    assert response.status_code == 422
+    assert "error_state" in response.text
