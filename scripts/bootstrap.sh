@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Creates or refreshes .venv with the locked environment (requirements.lock) and this package, editable.
+# The lock is complete (every transitive pin; mysqlclient dropped by overrides.txt), hence --no-deps.
 # Idempotent, no root needed; a no-op when the lock has not changed. Downloads only from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ want=$(cat requirements.lock setup.cfg | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.jobmon-lock 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing the locked environment into .venv"
   export UV_PYTHON_DOWNLOADS=never
-  .venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode -r requirements.lock
+  .venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode --no-deps -r requirements.lock
   .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
   echo "$want" > .venv/.jobmon-lock
 fi
