@@ -171,6 +171,8 @@ _CONTEXT_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TERSE_RE = re.compile(r"^(\d+)(?:\.\d+-\d+:\d+)?$")
 _TASK_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 _ERROR_REASON_RE = re.compile(r"^error reason\s+(\d+):\s*(.*)$")
+# qdel lines that are no failure: deleted now, being deleted, or gone already (exit 1 all the same).
+_QDEL_FINE_RE = re.compile(r"has (registered the job|deleted job)|is already in deletion|does not exist")
 
 # --------------------------------------------------------------------------------------------------------------
 # Command lines (pure)
@@ -838,7 +840,7 @@ class GridEngineCluster:
         if proc.returncode == 0:
             return
         lines = [line for line in (proc.stdout + "\n" + proc.stderr).splitlines() if line.strip()]
-        problems = [line for line in lines if not re.search(r"does not exist|has (registered|deleted)", line)]
+        problems = [line for line in lines if not _QDEL_FINE_RE.search(line)]
         if problems or not lines:
             raise ClusterError(f"qdel {' '.join(ids)} failed (exit {proc.returncode}): {self._output(proc)}")
 

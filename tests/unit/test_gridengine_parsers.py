@@ -595,7 +595,7 @@ def test_submit_rejection_carries_grid_engine_reason(tmp_path: Path) -> None:
 
 
 def test_kill_tolerates_gone_jobs_but_not_other_errors() -> None:
-    gone = RecordedCluster({"qdel 9999": (1, 'denied: job "9999" does not exist\nroot has deleted job 29', "")})
+    gone = RecordedCluster({"qdel 9999": (1, 'denied: job "9999" does not exist\njob 29 is already in deletion', "")})
     gone.kill(["9999", "29"])
     assert gone.commands == [["qdel", "9999", "29"]]
     broken = RecordedCluster({"qdel 5": (1, "", "error: unable to contact qmaster using port 6444 on host vm")})

@@ -1,0 +1,260 @@
+"""GridEngineCluster on the real one-host Grid Engine cluster (``scripts/setup_services.sh``; 2 slots in all.q).
+
+Fails under CI=true and skips elsewhere when Grid Engine is missing (the ``gridengine`` fixture). Jobs are short;
+every job a test submits is deleted at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobmon_airflow.clusters.base import ExitInfo, ExitKind, JobRequest, JobState, JobStatus, SubmissionError
+from jobmon_airflow.clusters.gridengine import GridEngineCluster, SharedQstatPoller, parse_qstat_xml
+from jobmon_airflow.resources import Resources
+
+pytestmark = pytest.mark.gridengine
+
+PY = sys.executable
+GIB = 1024**3
+
+# Three children of 60 MiB each: every process stays far under RLIMIT_AS (200M), their sum (with the parent,
+# ≈ 240 MiB of VmSize) goes over h_vmem, which only the execd's whole-job accounting catches.
+THREE_CHILDREN = (
+    "import subprocess, sys\n"
+    "child = 'import time; b = bytearray(60 * 2**20); time.sleep(10)'\n"
+    "ps = [subprocess.Popen([sys.executable, '-c', child]) for _ in range(3)]\n"
+    "sys.exit(max(p.wait() for p in ps))\n"
+)
+
+
+class CountingCluster(GridEngineCluster):
+    """The real backend, counting the Grid Engine commands it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(command_timeout=30)
+        self.commands: list[list[str]] = []
+        self.submitted: list[str] = []
+
+    def _run(self, argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        self.commands.append(list(argv))
+        return super()._run(argv, stdin)
+
+    def submit(self, job: JobRequest) -> str:
+        job_id = super().submit(job)
+        self.submitted.append(job_id)
+        return job_id
+
+    def qstat_xml_calls(self) -> int:
+        return sum(1 for c in self.commands if c[:1] == ["qstat"] and "-xml" in c)
+
+
+@pytest.fixture
+def cluster(gridengine: dict[str, str]) -> Iterator[CountingCluster]:
+    c = CountingCluster()
+    yield c
+    if c.submitted:
+        c.kill(c.submitted)  # leave no job behind, whatever the test did
+
+
+def job(tmp_path: Path, argv: list[str], **kwargs: Any) -> JobRequest:
+    name = kwargs.pop("name", f"t_{uuid.uuid4().hex[:8]}")
+    return JobRequest(
+        name=name, argv=argv, log_dir=tmp_path / "logs", resources=kwargs.pop("resources", Resources()), **kwargs
+    )
+
+
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def finish(cluster: GridEngineCluster, job_ids: Iterable[str], timeout: float = 30) -> dict[str, ExitInfo]:
+    """Wait until the jobs leave qstat and their accounting records are there."""
+    ids = list(job_ids)
+    wait_until(lambda: all(s.state is JobState.GONE for s in cluster.statuses(ids).values()), timeout, f"{ids} gone")
+    return wait_until(lambda: (r := cluster.exit_info(ids)) and len(r) == len(ids) and r, 15, f"accounting of {ids}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_success(cluster: CountingCluster, tmp_path: Path) -> None:
+    request = job(tmp_path, [PY, "-c", "print('hello from grid engine')"])
+    started = time.monotonic()
+    job_id = cluster.submit(request)
+    submit_s = time.monotonic() - started
+    info = finish(cluster, [job_id])[job_id]
+    assert (info.kind, info.exit_status, info.slots) == (ExitKind.DONE, 0, 1)
+    assert info.maxrss_bytes and info.maxrss_bytes > 1024**2  # a python's RSS: several MiB, read in KB units
+    stdout, stderr = cluster.log_paths(request, job_id)
+    assert stdout.read_text() == "hello from grid engine\n"
+    assert stderr.exists()
+    assert submit_s < 5
+
+
+def test_exit_3_is_an_error(cluster: CountingCluster, tmp_path: Path) -> None:
+    job_id = cluster.submit(job(tmp_path, [PY, "-c", "raise SystemExit(3)"]))
+    info = finish(cluster, [job_id])[job_id]
+    assert (info.kind, info.exit_status, info.resource) == (ExitKind.ERROR, 3, None)
+
+
+def test_memory_over_h_vmem_across_processes_is_a_memory_kill(cluster: CountingCluster, tmp_path: Path) -> None:
+    request = job(tmp_path, [PY, "-c", THREE_CHILDREN], resources=Resources(memory=200 / 1024, runtime=60))
+    job_id = cluster.submit(request)
+    info = finish(cluster, [job_id])[job_id]
+    assert (info.kind, info.resource, info.exit_status) == (ExitKind.RESOURCE_KILL, "memory", 137)
+    assert "failed 37" in info.reason and "h_vmem=200.0M" in info.reason
+    assert info.wallclock_s is not None and info.wallclock_s < 9  # killed, not finished
+
+
+def test_runtime_over_h_rt_is_a_runtime_kill(cluster: CountingCluster, tmp_path: Path) -> None:
+    job_id = cluster.submit(job(tmp_path, ["/bin/sleep", "30"], resources=Resources(runtime=2)))
+    info = finish(cluster, [job_id])[job_id]
+    assert (info.kind, info.resource, info.exit_status) == (ExitKind.RESOURCE_KILL, "runtime", 137)
+    assert info.reason.startswith("exceeded runtime h_rt=2s")
+
+
+def test_kill_of_a_running_job_is_deleted(cluster: CountingCluster, tmp_path: Path) -> None:
+    job_id = cluster.submit(job(tmp_path, ["/bin/sleep", "60"]))
+    wait_until(lambda: cluster.statuses([job_id])[job_id].state is JobState.RUNNING, 20, "running")
+    cluster.kill([job_id])
+    cluster.kill([job_id])  # again, or already gone: not an error
+    info = finish(cluster, [job_id])[job_id]
+    assert (info.kind, info.exit_status) == (ExitKind.DELETED, 137)
+    assert cluster.statuses([job_id])[job_id].state is JobState.GONE
+    assert job_id not in {i.split(".")[0] for i in parse_qstat_xml(qstat_xml())}
+
+
+def qstat_xml() -> str:
+    return subprocess.run(["qstat", "-u", "*", "-xml"], capture_output=True, text=True, check=True).stdout
+
+
+def test_pe_smp_2_books_memory_per_slot(cluster: CountingCluster, tmp_path: Path) -> None:
+    code = (
+        "import json, os, resource\n"
+        "print(json.dumps([os.environ.get('NSLOTS'), os.environ.get('PE'), resource.getrlimit(resource.RLIMIT_AS)[0]]))"
+    )
+    request = job(tmp_path, [PY, "-c", code], resources=Resources(cores=2, memory=2))
+    job_id = cluster.submit(request)
+    info = finish(cluster, [job_id])[job_id]
+    assert (info.kind, info.slots, info.granted_pe) == (ExitKind.DONE, 2, "smp")
+    nslots, pe, rlimit_as = json.loads(cluster.log_paths(request, job_id)[0].read_text())
+    assert (nslots, pe, rlimit_as) == ("2", "smp", 2 * GIB)  # h_vmem=1024M per slot × 2 slots
+
+
+def test_unsatisfiable_request_is_refused_with_grid_engine_reason(cluster: CountingCluster, tmp_path: Path) -> None:
+    name = f"unsat_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(SubmissionError, match="no suitable queues"):
+        cluster.submit(job(tmp_path, ["/bin/true"], name=name, resources=Resources(cores=64)))
+    assert name not in subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, check=True).stdout
+
+
+def test_argv_reaches_the_program_exactly_and_the_name_cannot_add_options(
+    cluster: CountingCluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "argv.json"
+    args = [
+        "-q",  # leading '-': would be a qsub option on qsub's command line
+        "with space",
+        "it's",
+        'say "hi"',
+        "a;b",
+        f"$(touch {tmp_path}/pwned)",
+        "`id`",
+        "line1\nline2",
+        "x\n#$ -l h_rt=0:0:1\n",  # a directive line inside the script: qsub must not read it
+        "$HOME",
+        "*",
+        "",
+        "ünï",
+    ]
+    code = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+    request = job(tmp_path, [PY, "-c", code, str(out), *args], name="-q nosuch.q -l h_rt=1 -N x", env={"A": "1,2 3"})
+    job_id = cluster.submit(request)
+    info = finish(cluster, [job_id])[job_id]
+    assert info.kind is ExitKind.DONE  # neither an unknown queue nor h_rt=1 got in
+    assert json.loads(out.read_text()) == args
+    assert not (tmp_path / "pwned").exists()
+    assert cluster.log_paths(request, job_id)[0].name == f"j-q_nosuch.q_-l_h_rt_1_-N_x.o{job_id}"
+
+
+def test_array_of_5_with_2_at_a_time_maps_elements(cluster: CountingCluster, tmp_path: Path) -> None:
+    code = "import os, time; time.sleep(0.5); print(os.environ['SGE_TASK_ID'])"
+    request = job(tmp_path, [PY, "-c", code], array_length=5, max_concurrent=2)
+    job_id = cluster.submit(request)
+    elements = [f"{job_id}.{i}" for i in range(1, 6)]
+    seen_running: set[str] = set()
+    most_running = 0
+
+    def all_gone() -> bool:
+        nonlocal most_running
+        statuses = cluster.statuses(elements)
+        running = {i for i, s in statuses.items() if s.state is JobState.RUNNING}
+        seen_running.update(running)
+        most_running = max(most_running, len(running))
+        return all(s.state is JobState.GONE for s in statuses.values())
+
+    wait_until(all_gone, 60, "all array elements gone", interval=0.1)
+    records = finish(cluster, elements)
+    assert sorted(records) == elements
+    assert {r.kind for r in records.values()} == {ExitKind.DONE}
+    assert most_running <= 2
+    assert seen_running  # the elements were seen running under their own ids
+    for i in range(1, 6):
+        assert cluster.log_paths(request, job_id, i)[0].read_text() == f"{i}\n"
+
+
+def test_eqw_job_is_an_error_with_its_reason(cluster: CountingCluster, tmp_path: Path) -> None:
+    blocker = cluster.submit(job(tmp_path, ["/bin/sleep", "4"], resources=Resources(cores=2)))
+    victim_request = job(tmp_path / "victim", ["/bin/true"])
+    victim = cluster.submit(victim_request)  # pending behind the blocker, which holds both slots
+    shutil.rmtree(victim_request.log_dir)  # at dispatch its working directory is gone: Eqw
+    status: JobStatus = wait_until(
+        lambda: (s := cluster.statuses([victim])[victim]).state is JobState.ERROR and s, 30, "Eqw"
+    )
+    assert status.raw == "Eqw"
+    assert status.reason and "can't chdir to" in status.reason
+    cluster.kill([victim, blocker])
+
+
+def test_shared_poller_50_watchers_one_qstat_per_interval(cluster: CountingCluster, tmp_path: Path) -> None:
+    ids = [cluster.submit(job(tmp_path, ["/bin/sleep", "1"])) for _ in range(2)]
+    watched = [ids[i % 2] for i in range(48)] + ["999999", "999999.3"]  # 50 watchers; two ids never existed
+    interval = 0.5
+    poller = SharedQstatPoller(cluster, interval=interval)
+    before = cluster.qstat_xml_calls()
+
+    async def watch(job_id: str) -> list[JobState]:
+        states: list[JobState] = []
+        while not states or states[-1] is not JobState.GONE:
+            states.append((await poller.status(job_id)).state)
+        return states
+
+    async def main() -> list[list[JobState]]:
+        return await asyncio.gather(*(watch(i) for i in watched))
+
+    started = time.monotonic()
+    histories = asyncio.run(main())
+    elapsed = time.monotonic() - started
+    calls = cluster.qstat_xml_calls() - before
+    assert calls == poller.calls
+    assert calls <= elapsed / interval + 1  # one qstat per interval, however many watchers
+    assert all(h[-1] is JobState.GONE for h in histories)
+    assert any(JobState.RUNNING in h or JobState.PENDING in h for h in histories[:48])
+    assert histories[48] == histories[49] == [JobState.GONE]
+    finish(cluster, ids)
