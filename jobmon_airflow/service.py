@@ -13,10 +13,10 @@ import hmac
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as mysql_dialect
@@ -35,10 +35,15 @@ WORKFLOW_RUN_HEARTBEAT_INTERVAL = 30.0  # Jobmon's heartbeat.workflow_run_interv
 TASK_INSTANCE_HEARTBEAT_INTERVAL = 90.0  # Jobmon's heartbeat.task_instance_interval
 REPORT_BY_BUFFER = 3.1  # Jobmon's heartbeat.report_by_buffer
 
-TI = models.TaskInstance.__table__
-TASK = models.Task.__table__
-WF = models.Workflow.__table__
-WFR = models.WorkflowRun.__table__
+
+def _table(model: type[models.Base]) -> sa.Table:
+    return cast(sa.Table, model.__table__)
+
+
+TI = _table(models.TaskInstance)
+TASK = _table(models.Task)
+WF = _table(models.Workflow)
+WFR = _table(models.WorkflowRun)
 
 
 class NotFound(LookupError):
@@ -153,9 +158,9 @@ def _tasks_after_instance_error(session: Session, task_ids: Sequence[int], ti_st
         ):
             if r.status in ("I", "O", "R", "E"):
                 path = states.task_after_instance_error(ti_status, r.num_attempts, r.max_attempts)
-                by_path[tuple(path if r.status != "E" else path[1:])].append(r.id)
-    for path, ids in by_path.items():
-        for step in path:
+                by_path[tuple(path[1:] if r.status == "E" else path)].append(r.id)
+    for steps, ids in by_path.items():
+        for step in steps:
             _transition(session, states.TASK_FSM, TASK, ids, step)
 
 
@@ -181,7 +186,7 @@ def _log_errors(session: Session, ti_ids: Sequence[int], description: str) -> No
     if description and ti_ids:
         now = utcnow()
         session.execute(
-            models.TaskInstanceErrorLog.__table__.insert(),
+            _table(models.TaskInstanceErrorLog).insert(),
             [{"task_instance_id": i, "error_time": now, "description": description} for i in ti_ids],
         )
 
@@ -261,7 +266,7 @@ class JobmonService:
                 type_id = s.execute(
                     sa.select(models.ClusterType.id).where(models.ClusterType.name == cluster_type)
                 ).scalar_one()
-                _insert_ignoring_duplicates(s, models.Cluster.__table__, [{"name": name, "cluster_type_id": type_id}])
+                _insert_ignoring_duplicates(s, _table(models.Cluster), [{"name": name, "cluster_type_id": type_id}])
                 self._cluster_ids[name] = s.execute(
                     sa.select(models.Cluster.id).where(models.Cluster.name == name)
                 ).scalar_one()
@@ -269,7 +274,7 @@ class JobmonService:
 
     def queue_id(self, s: Session, cluster_id: int, limits: QueueLimits) -> int:
         params = json.dumps({"cores": limits.max_cores, "memory": limits.max_memory, "runtime": limits.max_runtime})
-        table = models.Queue.__table__
+        table = _table(models.Queue)
         _insert_ignoring_duplicates(s, table, [{"name": limits.name, "cluster_id": cluster_id, "parameters": params}])
         return s.execute(
             sa.select(table.c.id).where(table.c.name == limits.name, table.c.cluster_id == cluster_id)
@@ -299,9 +304,9 @@ class JobmonService:
         args_hash = sha256(dag_id, workflow_args)
         now = utcnow()
         with self.session() as s:
-            _insert_ignoring_duplicates(s, models.Tool.__table__, [{"name": tool or dag_id}])
+            _insert_ignoring_duplicates(s, _table(models.Tool), [{"name": tool or dag_id}])
             tool_id = s.execute(sa.select(models.Tool.id).where(models.Tool.name == (tool or dag_id))).scalar_one()
-            tv = models.ToolVersion.__table__
+            tv = _table(models.ToolVersion)
             _insert_ignoring_duplicates(s, tv, [{"tool_id": tool_id, "version": tool_version}])
             tv_id = s.execute(
                 sa.select(tv.c.id).where(tv.c.tool_id == tool_id, tv.c.version == tool_version)
@@ -421,34 +426,24 @@ class JobmonService:
         ]
         with self.session() as s:
             _insert_ignoring_duplicates(s, TASK, rows)
-            key_to_id: dict[tuple[str, int, str], int] = {}
-            task_ids = sorted({t.airflow_task_id for t in specs})
-            for chunk in _chunks(task_ids):
+            key_to_id: dict[tuple[Any, ...], int] = {}
+            for chunk in _chunks(sorted({t.airflow_task_id for t in specs})):
                 for r in s.execute(
-                    sa.select(
-                        TASK.c.id, TASK.c.airflow_task_id, TASK.c.map_index, TASK.c.node_args_hash, TASK.c.command,
-                        TASK.c.max_attempts, TASK.c.resource_scales, TASK.c.fallback_queues,
-                    ).where(TASK.c.workflow_id == workflow_id, TASK.c.airflow_task_id.in_(chunk))
-                ):  # fmt: skip
+                    sa.select(TASK.c.id, TASK.c.airflow_task_id, TASK.c.map_index, TASK.c.node_args_hash).where(
+                        TASK.c.workflow_id == workflow_id, TASK.c.airflow_task_id.in_(chunk)
+                    )
+                ):
                     key_to_id[(r.airflow_task_id, r.map_index, r.node_args_hash)] = r.id
             # Re-binding after a DAG change updates what a task runs with, never its status.
-            updates = [
-                {"b_id": key_to_id[(row["airflow_task_id"], row["map_index"], row["node_args_hash"])], **row}
+            mutable = ("command", "max_attempts", "resource_scales", "fallback_queues")
+            stmt = TASK.update().where(TASK.c.id == sa.bindparam("b_id")).values({k: sa.bindparam(k) for k in mutable})
+            updates: list[dict[str, Any]] = [
+                {"b_id": key_to_id[(row["airflow_task_id"], row["map_index"], row["node_args_hash"])]}
+                | {k: row[k] for k in mutable}
                 for row in rows
             ]
-            stmt = (
-                TASK.update()
-                .where(TASK.c.id == sa.bindparam("b_id"))
-                .values(
-                    command=sa.bindparam("command"),
-                    max_attempts=sa.bindparam("max_attempts"),
-                    resource_scales=sa.bindparam("resource_scales"),
-                    fallback_queues=sa.bindparam("fallback_queues"),
-                )
-            )
             for chunk in _chunks(updates):
-                s.execute(stmt, [{k: u[k] for k in ("b_id", "command", "max_attempts", "resource_scales",
-                                                     "fallback_queues")} for u in chunk])  # fmt: skip
+                s.execute(stmt, list(chunk))
             return [key_to_id[(t.airflow_task_id, t.map_index, t.node_args_hash)] for t in specs]
 
     def get_task(self, task_id: int) -> TaskView:
@@ -527,7 +522,9 @@ class JobmonService:
         with self.session() as s:
             queue_id = self.queue_id(s, cluster_id, queue)
             tr_id = s.execute(
-                models.TaskResources.__table__.insert().values(
+                _table(models.TaskResources)
+                .insert()
+                .values(
                     queue_id=queue_id,
                     task_resources_type_id=resources_type,
                     requested_resources=json.dumps(resources.to_dict(), sort_keys=True),
@@ -662,12 +659,15 @@ class JobmonService:
     ) -> str:
         """Record an outcome learnt without the worker's report (exit record, cluster accounting).
 
-        An instance that never reported running passes through R for D/E (O→R→D); Z and U are legal from O.
+        An instance that never reported running, or is triaging, passes through R for D/E (O→R→D, T→R→E); Z, U
+        and F are legal from O and T; a lost launched instance goes X→E.
         Returns the instance's status afterwards.
         """
         with self.session() as s:
             current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one()
-            if current in ("I", "O") and status in ("D", "E", "F"):
+            if current in ("I", "O", "T") and status in ("D", "E"):
+                # It ran (or, triaging, it was running) and ended without reporting: pass through R, as a late
+                # report from the worker would.
                 transition_task_instances(s, [ti_id], "R", {"nodename": nodename} if nodename else None)
             self._finish(s, ti_id, status, exit_status, message, nodename, usage)
             return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
@@ -697,7 +697,14 @@ class JobmonService:
             _log_errors(s, changed, message)
         return changed
 
-    def set_status_for_triaging(self, workflow_run_ids: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+    def log_launched_report_by(self, ti_ids: Sequence[int]) -> None:
+        """Push the deadline of launched instances whose jobs the cluster still lists (queued is not lost)."""
+        deadline = utcnow() + timedelta(seconds=TASK_INSTANCE_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER)
+        with self.session() as s:
+            for chunk in _chunks(list(ti_ids)):
+                s.execute(TI.update().where(TI.c.id.in_(chunk), TI.c.status == "O").values(report_by_date=deadline))
+
+    def set_status_for_triaging(self, workflow_run_ids: Collection[int] | None = None) -> tuple[list[int], list[int]]:
         """Overdue instances: R → T (triage from accounting), O → X (never reported running). Set-based."""
         now = utcnow()
         out: list[list[int]] = []
@@ -790,7 +797,7 @@ class JobmonService:
         """Many instances in one query per chunk (triggers of one process share this)."""
         ids = sorted(set(ti_ids))
         out: dict[int, TaskInstanceView] = {}
-        tr = models.TaskResources.__table__
+        tr = _table(models.TaskResources)
         with self.engine.connect() as conn:
             for chunk in _chunks(ids):
                 for r in conn.execute(
@@ -829,7 +836,7 @@ class JobmonService:
         return None if ti_id is None else self.task_instance(ti_id)
 
     def error_logs(self, ti_id: int) -> list[str]:
-        el = models.TaskInstanceErrorLog.__table__
+        el = _table(models.TaskInstanceErrorLog)
         with self.engine.connect() as conn:
             return [
                 r.description
@@ -894,7 +901,7 @@ class JobmonService:
     def workflow_tasks(self, workflow_id: int) -> list[dict[str, Any]]:
         """Jobmon's ``workflow tasks`` rows with each task's newest instance."""
         latest = sa.select(TI.c.task_id, sa.func.max(TI.c.id).label("ti_id")).group_by(TI.c.task_id).subquery("latest")
-        tr = models.TaskResources.__table__
+        tr = _table(models.TaskResources)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(

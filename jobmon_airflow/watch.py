@@ -60,6 +60,9 @@ def outcome(
 ) -> dict[str, Any] | None:
     """The event that ends the wait, or None to keep waiting."""
     base = {"task_instance_id": view.id, "job_id": view.distributor_id}
+    if view.status == states.TaskInstanceStatus.NO_HEARTBEAT:
+        # Launched, never reported running, and its deadline passed: Jobmon's no_heartbeat_error, retryable.
+        return {**base, "status": "E", "source": "triage", "message": f"job {view.distributor_id}: no heartbeat"}
     if view.status in ENDED:
         return {**base, "status": view.status, "source": "database"}
     if job is not None and job.state == JobState.ERROR:
@@ -99,11 +102,15 @@ def outcome(
     if gone_for >= lost_grace_s:
         return {
             **base,
-            "status": "U",
+            # Never ran (deleted while pending leaves no accounting): no heartbeat, retryable. Ran: lost.
+            "status": "E" if view.status == states.TaskInstanceStatus.LAUNCHED else "U",
             "source": "lost",
             "message": f"job {job.job_id} left the queue and left no exit record or accounting after {gone_for:.0f}s",
         }
     return None
+
+
+_GONE = JobStatus("", JobState.GONE)
 
 
 @dataclass
@@ -128,6 +135,18 @@ class Poller:
         views = self.service.task_instances(self.watched)
         open_ids = [i for i, v in views.items() if v.status not in ENDED]
         statuses = self.cluster.statuses([self.watched[i].job_id for i in open_ids]) if open_ids else {}
+        # Liveness, as Jobmon's distributor and swarm do it: a launched job still in the queue is not late; a
+        # running instance whose heartbeats stopped goes to T (triage), a launched one that never ran to X.
+        queued = [
+            i
+            for i in open_ids
+            if views[i].status == "O" and statuses.get(self.watched[i].job_id, _GONE).state != JobState.GONE
+        ]
+        self.service.log_launched_report_by(queued)
+        triaging, no_heartbeat = self.service.set_status_for_triaging({v.workflow_run_id for v in views.values()})
+        if triaging or no_heartbeat:
+            log.warning("Heartbeats overdue: triaging %s, no heartbeat %s", triaging, no_heartbeat)
+            views = self.service.task_instances(self.watched)
         now = time.monotonic()
         records: dict[int, dict[str, Any] | None] = {}
         need_accounting: list[str] = []
