@@ -304,6 +304,7 @@ configure_queue() {
     else
         # No queue yet: take qconf's own template for a new queue (the "editor" copies it and refuses the edit),
         # so that fields this script does not set keep their stock defaults.
+        # shellcheck disable=SC2016 # "$1" belongs to the editor script: it is qconf's temporary file
         printf '#!/bin/sh\ncp "$1" %q\nexit 1\n' "$WORK/queue.raw" >"$WORK/copy-editor"
         chmod 755 "$WORK/copy-editor"
         EDITOR=$WORK/copy-editor qconf -aq all.q >>"$SETUP_LOG" 2>&1 || true

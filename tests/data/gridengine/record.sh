@@ -22,15 +22,15 @@ sub() { # sub <name> <qsub options and command...>: submit, remember the id, pri
 }
 state_of() { qstat -u '*' | awk -v id="$1" '$1 == id {print $5; exit}'; }
 wait_state() { # wait_state <id> <state regex>
-    local i
-    for i in $(seq 120); do [[ $(state_of "$1") =~ $2 ]] && return; sleep 0.25; done
+    local _
+    for _ in $(seq 120); do [[ $(state_of "$1") =~ $2 ]] && return; sleep 0.25; done
     echo "job $1 never reached state $2" >&2
     return 1
 }
 wait_gone() { local id; for id in "$@"; do while qstat -j "$id" >/dev/null 2>&1; do sleep 0.25; done; done; }
 account() { # account <id> <file>: copy the job's raw accounting line(s), waiting for the flush
-    local i
-    for i in $(seq 60); do
+    local _
+    for _ in $(seq 60); do
         if awk -F: -v id="$1" '$6 == id' "$ACCOUNTING" | grep -q .; then
             awk -F: -v id="$1" '$6 == id' "$ACCOUNTING" >"$OUT/$2"
             return
@@ -91,7 +91,7 @@ wait_gone "$arr" "$eqw" "$eqwarr" "$gaps" "$pend" "$held" "$pe"
 qstat -u '*' -xml >"$OUT/qstat_empty.xml"
 
 # --- accounting lines, one file per outcome --------------------------------------------------------------------
-done_=$(sub done -b y /bin/sleep 1)
+done_=$(sub "done" -b y /bin/sleep 1)
 exit3=$(sub exit3 -b y /bin/sh "$WORK/exit3.sh")
 vmem=$(sub vmem -l h_vmem=200M -b y /usr/bin/python3 "$WORK/mem3.py")
 wait_gone "$done_" "$exit3"
