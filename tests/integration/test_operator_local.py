@@ -263,3 +263,36 @@ def test_state_manager_down_the_exit_record_keeps_the_true_outcome(
 def test_state_database_is_the_embedded_sqlite_file_by_default() -> None:
     assert JobmonHook().get_db_url() == db.default_url()
     assert db.default_url().startswith("sqlite:///") and os.environ["JOBMON_AIRFLOW_HOME"] in db.default_url()
+
+
+def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(service: JobmonService) -> None:
+    import signal
+
+    from airflow.sdk.exceptions import AirflowException
+
+    with DAG("jobmon_triage", schedule=None, start_date=datetime(2026, 1, 1)):
+        op = JobmonTaskOperator(task_id="hang", command="sleep 300", poll_interval=0.5, heartbeat_interval=1)
+    trigger = _execute_until_deferred(op, "triage")
+    ti_id = trigger.task_instance_id
+    seen: list[str] = []
+
+    async def scenario() -> Any:
+        waiting = asyncio.create_task(anext(trigger.run()))
+        await asyncio.to_thread(_wait_for, lambda: service.status_of(ti_id) == "R")
+        worker = service.task_instance(ti_id)
+        pgid = instances(service, "jobmon_triage", "hang")[0]["process_group_id"]
+        assert worker.status == "R" and pgid
+        os.killpg(pgid, signal.SIGSTOP)  # the job is frozen: no heartbeats, still in the queue
+        await asyncio.to_thread(_wait_for, lambda: service.status_of(ti_id) == "T")
+        seen.append(service.status_of(ti_id))
+        os.killpg(pgid, signal.SIGKILL)  # then it dies without reporting
+        return (await asyncio.wait_for(waiting, 30)).payload
+
+    event = asyncio.run(scenario())
+    assert seen == ["T"]
+    assert event["source"] in ("accounting", "lost") and event["status"] in ("E", "Z", "U")
+    context: Any = {"ti": SimpleNamespace(try_number=1, map_index=-1), "run_id": "triage"}
+    with pytest.raises(AirflowException):
+        op.execute_complete(context, event)
+    (attempt,) = instances(service, "jobmon_triage", "hang")
+    assert attempt["status"] == event["status"] and attempt["task_status"] in ("G", "A")  # retryable
