@@ -248,9 +248,10 @@ def test_qstat_suspended_and_deleting() -> None:
     arr = numbers_by_name(data("qstat_suspended.xml"))["arr"]
     assert (suspended[f"{arr}.1"].state, suspended[f"{arr}.1"].raw) == (JobState.SUSPENDED, "s")
     assert suspended[f"{arr}.2"].state is JobState.RUNNING
-    deleting = parse_qstat_xml(data("qstat_deleting.xml"))
-    assert {deleting[f"{arr}.1"].raw, deleting[f"{arr}.2"].raw} == {"ds", "dr"}
-    assert deleting[f"{arr}.1"].state is deleting[f"{arr}.2"].state is JobState.DELETING
+    # Caught right after qdel of the array: its running elements are "dr"/"ds" (one may have left already).
+    deleting = [s for k, s in parse_qstat_xml(data("qstat_deleting.xml")).items() if k.startswith(f"{arr}.")]
+    assert deleting
+    assert all(s.raw in ("dr", "ds") and s.state is JobState.DELETING for s in deleting)
 
 
 def test_qstat_empty() -> None:
