@@ -16,7 +16,7 @@ How a job is submitted, and why (checked on the real cluster, see ``tests/integr
 * ``-C ''`` switches off qsub's scan of the script for ``#$`` directives: without it an argument containing
   ``"\\n#$ -l h_rt=0:0:1"`` would add qsub options (verified). The argv never appears on qsub's command line, so an
   element starting with ``-`` cannot be taken for an option, and the job name is reduced to ``[A-Za-z0-9_.-]``
-  starting with a letter.
+  starting with a letter or ``_``.
 * The environment goes into the script rather than ``-v``: ``-v A=x,y`` splits the value at the comma (verified).
 * ``-wd <log_dir>`` rather than ``-cwd``: the submitting process's working directory (an Airflow worker's) means
   nothing on the execution host, while the log directory exists (submit creates it) and is where a job's stray files
@@ -36,6 +36,7 @@ import os
 import re
 import shlex
 import subprocess
+import threading
 import time
 import weakref
 import xml.etree.ElementTree as ET
@@ -619,7 +620,7 @@ class AccountingReader:
     The file only grows (until rotated). An id asked about for the first time is looked for backwards from the
     end, up to ``max_scan_bytes`` (the record of a job that just left qstat is near the end); an id asked about
     before is only looked for in the bytes added since. Found records are kept. The line being written (no
-    newline yet) is left for the next call.
+    newline yet) is left for the next call. Safe to call from several threads (pollers run in threads).
     """
 
     CHUNK = 1 << 20
@@ -631,9 +632,15 @@ class AccountingReader:
         self._checked_to = 0  # ids in _asked have been looked for in every complete line before this offset
         self._asked: set[str] = set()
         self._found: dict[str, ExitInfo] = {}
+        self._lock = threading.Lock()
 
     def lookup(self, job_ids: Iterable[str]) -> dict[str, ExitInfo]:
+        """The newest record of each id that has one; ids without a record (yet) are left out."""
         wanted = set(job_ids)
+        with self._lock:
+            return self._lookup(wanted)
+
+    def _lookup(self, wanted: set[str]) -> dict[str, ExitInfo]:
         result = {i: self._found[i] for i in wanted if i in self._found}
         missing = wanted - result.keys()
         if not missing:
@@ -649,6 +656,8 @@ class AccountingReader:
                 result.update(self._scan(f, end, min(floors), missing))
         except FileNotFoundError:
             return result  # no job has finished since accounting started
+        except OSError as exc:
+            raise ClusterError(f"cannot read the accounting file {self.path}: {exc}") from None
         self._checked_to = end
         self._asked |= missing - result.keys()
         self._remember(result)
