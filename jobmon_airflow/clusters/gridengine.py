@@ -828,7 +828,11 @@ class GridEngineCluster:
     # -- exit
 
     def exit_info(self, job_ids: Iterable[str]) -> dict[str, ExitInfo]:
-        """Accounting records of finished jobs; ids without one (yet, or ever: deleted while pending) are left out."""
+        """Accounting records of finished jobs; ids without one are left out.
+
+        A job deleted while pending never gets one; an Eqw job already has one (failed 28, never started) while
+        it is still listed. Ask once the job has left qstat, and allow for the flush delay.
+        """
         valid = []
         for job_id in job_ids:
             with contextlib.suppress(ValueError):

@@ -230,6 +230,10 @@ def test_eqw_job_is_an_error_with_its_reason(cluster: CountingCluster, tmp_path:
     assert status.raw == "Eqw"
     assert status.reason and "can't chdir to" in status.reason
     cluster.kill([victim, blocker])
+    # The failed dispatch left an accounting record (failed 28), unlike a plain pending job deleted with qdel.
+    info = finish(cluster, [victim])[victim]
+    assert (info.kind, info.start_time) == (ExitKind.ERROR, None)
+    assert "failed 28: changing into working directory" in info.reason
 
 
 def test_shared_poller_50_watchers_one_qstat_per_interval(cluster: CountingCluster, tmp_path: Path) -> None:

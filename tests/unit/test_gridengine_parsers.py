@@ -381,6 +381,12 @@ def test_accounting_pe_smp2() -> None:
     assert data("pe_smp2_job_stdout.txt").split()[:2] == ["2", "smp"]  # the job saw NSLOTS=2, PE=smp
 
 
+def test_accounting_of_an_eqw_job_that_never_started() -> None:
+    info = parse_accounting_line(data("accounting_eqw_deleted.txt"))
+    assert (info.kind, info.exit_status, info.start_time, info.end_time) == (ExitKind.ERROR, 0, None, None)
+    assert info.reason == "Grid Engine failed 28: changing into working directory (exit status 0)"
+
+
 def test_accounting_array_elements() -> None:
     records = parse_accounting(data("accounting_array.txt"))
     number = data("accounting_array.txt").split(":")[5]

@@ -113,6 +113,7 @@ account "$hrt" accounting_h_rt_kill.txt
 account "$kill" accounting_qdel_running.txt
 account "$pe" accounting_pe_smp2.txt
 account "$arr" accounting_array.txt
+account "$eqw" accounting_eqw_deleted.txt # written at the failed dispatch, before the qdel
 while (($(wc -l <"$OUT/accounting_array.txt") < 3)); do sleep 0.25; account "$arr" accounting_array.txt; done
 grep -h "job $vmem.1 exceeds\|$hrt.1.*wallclock" "/var/spool/gridengine/execd/$(hostname)/messages" >"$OUT/execd_messages_kills.txt" || true
 
