@@ -83,7 +83,7 @@ def _insert_ignoring_duplicates(session: Session, table: sa.Table, rows: Sequenc
     elif dialect in ("mysql", "mariadb"):
         pk = next(iter(table.primary_key.columns))
         stmt = mysql_dialect.insert(table)
-        stmt = stmt.on_duplicate_key_update({pk.name: stmt.inserted[pk.name]})
+        stmt = stmt.on_duplicate_key_update({pk.name: pk})  # "id = id": keep the existing row untouched
     else:  # pragma: no cover - only SQLite and MySQL/MariaDB are supported
         raise NotImplementedError(dialect)
     for chunk in _chunks(list(rows)):
@@ -669,6 +669,9 @@ class JobmonService:
                 # It ran (or, triaging, it was running) and ended without reporting: pass through R, as a late
                 # report from the worker would.
                 transition_task_instances(s, [ti_id], "R", {"nodename": nodename} if nodename else None)
+            if status == states.TaskInstanceStatus.NO_HEARTBEAT:
+                transition_task_instances(s, [ti_id], "X")
+                status = states.TaskInstanceStatus.ERROR  # Jobmon's no_heartbeat_error: X → E, retryable
             self._finish(s, ti_id, status, exit_status, message, nodename, usage)
             return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +103,8 @@ def outcome(
     if gone_for >= lost_grace_s:
         return {
             **base,
-            # Never ran (deleted while pending leaves no accounting): no heartbeat, retryable. Ran: lost.
-            "status": "E" if view.status == states.TaskInstanceStatus.LAUNCHED else "U",
+            # Never ran (deleted while pending leaves no accounting): X, no heartbeat, retryable. Ran: U, lost.
+            "status": "X" if view.status == states.TaskInstanceStatus.LAUNCHED else "U",
             "source": "lost",
             "message": f"job {job.job_id} left the queue and left no exit record or accounting after {gone_for:.0f}s",
         }
@@ -191,7 +192,10 @@ class Poller:
 class SharedWatcher:
     """Every trigger of one process and event loop with the same database and cluster shares one poll loop."""
 
-    _instances: ClassVar[dict[tuple[Any, ...], SharedWatcher]] = {}
+    # Per event loop (a watcher's futures belong to one loop), then per database, cluster and interval.
+    _instances: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], SharedWatcher]]] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, poller: Poller, poll_interval: float):
         self.poller = poller
@@ -202,11 +206,12 @@ class SharedWatcher:
     async def get(
         cls, jobmon_conn_id: str, cluster: dict[str, Any], poll_interval: float, lost_grace_s: float
     ) -> SharedWatcher:
-        key = (id(asyncio.get_running_loop()), jobmon_conn_id, json.dumps(cluster, sort_keys=True), poll_interval)
-        if key not in cls._instances:
+        watchers = cls._instances.setdefault(asyncio.get_running_loop(), {})
+        key = (jobmon_conn_id, json.dumps(cluster, sort_keys=True), poll_interval, lost_grace_s)
+        if key not in watchers:
             poller = await asyncio.to_thread(_build_poller, jobmon_conn_id, cluster, lost_grace_s)
-            cls._instances.setdefault(key, cls(poller, poll_interval))  # another trigger may have won the race
-        return cls._instances[key]
+            watchers.setdefault(key, cls(poller, poll_interval))  # another trigger may have won the race
+        return watchers[key]
 
     async def wait(self, ti_id: int, job_id: str) -> dict[str, Any]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

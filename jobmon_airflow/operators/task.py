@@ -43,7 +43,10 @@ class JobmonTaskOperator(BaseOperator):
     :param fallback_queues: queues to try, in order, when the resources do not fit the requested queue.
     :param cluster: ``local`` or ``gridengine`` (default: the Jobmon connection's ``cluster`` extra, else local).
     :param deferrable: wait in the triggerer (default) or block a worker slot while polling.
-    :param poll_interval: seconds between polls (one batched query per process, whatever the task count).
+    :param poll_interval: seconds between polls (one batched query per process, whatever the task count);
+        default: the Grid Engine connection's ``poll_interval``, 10 s on the local cluster.
+    :param log_dir: where job logs, exit records and tokens go (default: the Grid Engine connection's ``log_dir``,
+        else ``$JOBMON_AIRFLOW_HOME/logs``); on a real cluster a directory every node sees.
     """
 
     template_fields: Sequence[str] = ("command", "compute_resources", "name")
@@ -65,7 +68,7 @@ class JobmonTaskOperator(BaseOperator):
         workflow_args: str | None = None,
         log_dir: str | None = None,
         deferrable: bool = True,
-        poll_interval: float = 10.0,
+        poll_interval: float | None = None,
         heartbeat_interval: float = 90.0,
         lost_grace_s: float = DEFAULT_LOST_GRACE_S,
         **kwargs: Any,
@@ -114,6 +117,18 @@ class JobmonTaskOperator(BaseOperator):
     @cached_property
     def cluster_backend(self) -> Cluster:
         return get_cluster(self.cluster_spec)
+
+    @cached_property
+    def _gridengine_hook(self) -> Any:
+        from jobmon_airflow.hooks.gridengine import GridEngineHook
+
+        return GridEngineHook(self.gridengine_conn_id) if self.cluster_spec["type"] == "gridengine" else None
+
+    @property
+    def _poll_interval(self) -> float:
+        if self.poll_interval is not None:
+            return float(self.poll_interval)
+        return float(self._gridengine_hook.poll_interval) if self._gridengine_hook else 10.0
 
     # -- run ------------------------------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
@@ -178,7 +193,7 @@ class JobmonTaskOperator(BaseOperator):
         self._submission = submission
         if not self.deferrable:
             event = Poller(svc, cluster, self.lost_grace_s).wait_blocking(
-                submission.task_instance_id, submission.job_id, self.poll_interval
+                submission.task_instance_id, submission.job_id, self._poll_interval
             )
             return self.execute_complete(context, event)
         from jobmon_airflow.triggers import JobmonTaskTrigger
@@ -189,7 +204,7 @@ class JobmonTaskOperator(BaseOperator):
                 job_id=submission.job_id,
                 cluster=self.cluster_spec,
                 jobmon_conn_id=self.jobmon_conn_id,
-                poll_interval=self.poll_interval,
+                poll_interval=self._poll_interval,
                 lost_grace_s=self.lost_grace_s,
             ),
             method_name="execute_complete",
@@ -243,7 +258,8 @@ class JobmonTaskOperator(BaseOperator):
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _log_dir(self, run_id: str) -> Path:
-        root = Path(self.log_dir) if self.log_dir else db.jobmon_home() / "logs"
+        configured = self.log_dir or (self._gridengine_hook.log_dir if self._gridengine_hook else None)
+        root = Path(configured) if configured else db.jobmon_home() / "logs"
         return root / execution.safe_path_part(self.dag_id) / execution.safe_path_part(run_id)
 
     def _tool_version(self) -> str:

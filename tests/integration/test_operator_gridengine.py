@@ -1,0 +1,333 @@
+"""JobmonTaskOperator on the real Grid Engine cluster, with the Jobmon state database on the real MariaDB server
+(through an Airflow MySQL connection) and the State Manager serving it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from airflow.sdk import DAG
+from airflow.sdk.exceptions import TaskDeferred
+
+from jobmon_airflow import models
+from jobmon_airflow.clusters.gridengine import GridEngineCluster
+from jobmon_airflow.hooks.jobmon import JobmonHook
+from jobmon_airflow.operators import JobmonTaskOperator
+from jobmon_airflow.server.app import start_in_thread
+from jobmon_airflow.service import JobmonService
+from jobmon_airflow.watch import SharedWatcher
+from tests.conftest import free_port, run_dag
+
+pytestmark = [pytest.mark.gridengine, pytest.mark.mariadb, pytest.mark.usefixtures("airflow_db")]
+
+PY = sys.executable
+FAST = {"poll_interval": 1.0, "retry_delay": timedelta(0), "heartbeat_interval": 10, "lost_grace_s": 20.0}
+
+# Three children of 60 MiB each: each far below RLIMIT_AS, together (with the parent, bash and the worker node)
+# ≈ 290 MiB of virtual memory: over h_vmem=240M, which only the execd's whole-job accounting catches (failed 37,
+# exit 137); 1.5 × 240M = 360M fits. The children live 10 s so that the execd samples them.
+CHILD = "import time; b = bytearray(60 * 2**20); time.sleep(10)"
+THREE_CHILDREN = (
+    f"{PY} -c \"import subprocess, sys; ps = [subprocess.Popen([sys.executable, '-c', '{CHILD}']) for _ in range(3)];"
+    ' sys.exit(max(p.wait() for p in ps))"'
+)
+
+
+@pytest.fixture(scope="module")
+def service(gridengine: dict[str, str], mariadb_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Connections as a deployment has them: jobmon → MySQL connection → MariaDB; gridengine with a log dir."""
+    url = sa.engine.make_url(mariadb_url)
+    mysql_conn = {
+        "conn_type": "mysql",
+        "host": url.host,
+        "port": url.port or 3306,
+        "login": url.username,
+        "password": url.password,
+        "schema": url.database,
+    }
+    logs = tmp_path_factory.mktemp("sge-logs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_CONN_JOBMON_MARIADB", json.dumps(mysql_conn))
+        mp.setenv(
+            "AIRFLOW_CONN_JOBMON_DEFAULT",
+            json.dumps({"conn_type": "jobmon", "extra": {"mysql_conn_id": "jobmon_mariadb", "cluster": "gridengine"}}),
+        )
+        mp.setenv(
+            "AIRFLOW_CONN_GRIDENGINE_DEFAULT",
+            json.dumps({"conn_type": "gridengine", "extra": {"log_dir": str(logs), "poll_interval": 1}}),
+        )
+        hook = JobmonHook()
+        db_url = hook.get_db_url()
+        assert db_url.startswith("mysql+pymysql://")
+        port = free_port()
+        server = start_in_thread(port, db_url)
+        mp.setenv("JOBMON_AIRFLOW_STATE_MANAGER_URL", f"http://127.0.0.1:{port}/jobmon")
+        yield hook.get_service()
+        server.should_exit = True
+
+
+@pytest.fixture
+def dag_id(request: pytest.FixtureRequest) -> str:
+    """Unique per test run: the MariaDB database outlives a pytest session."""
+    return f"sge_{request.node.name[:40]}_{uuid.uuid4().hex[:8]}".replace("[", "_").replace("]", "_")
+
+
+def make_dag(dag_id: str, **tasks: dict[str, Any]) -> DAG:
+    with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        for task_id, kwargs in tasks.items():
+            JobmonTaskOperator(task_id=task_id, **{**FAST, **kwargs})
+    return dag
+
+
+def instances(service: JobmonService, dag_id: str, task_id: str) -> list[dict[str, Any]]:
+    ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
+    tr, el = models.TaskResources.__table__, models.TaskInstanceErrorLog.__table__
+    with service.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(ti, tr.c.requested_resources, task.c.status.label("task_status"), task.c.num_attempts)
+            .join(task, task.c.id == ti.c.task_id)
+            .join(wf, wf.c.id == task.c.workflow_id)
+            .join(tr, tr.c.id == ti.c.task_resources_id)
+            .where(wf.c.dag_id == dag_id, task.c.airflow_task_id == task_id)
+            .order_by(ti.c.id)
+        ).all()
+        return [
+            {
+                **r._asdict(),
+                "resources": json.loads(r.requested_resources),
+                "errors": [e.description for e in conn.execute(sa.select(el).where(el.c.task_instance_id == r.id))],
+            }
+            for r in rows
+        ]
+
+
+def qstat_job_ids() -> set[str]:
+    out = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
+
+
+def accounting(job_id: str) -> Any:
+    deadline = time.monotonic() + 30
+    while True:
+        info = GridEngineCluster().exit_info([job_id]).get(job_id)
+        if info is not None or time.monotonic() > deadline:
+            return info
+        time.sleep(0.5)
+
+
+def wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_success_on_grid_engine(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+    out = tmp_path / "host.txt"
+    dag = make_dag(dag_id, hello={"command": f"hostname > {out}; echo $JOB_ID >> {out}", "compute_resources": {}})
+    dag_run: Any = run_dag(dag)
+    assert str(dag_run.state) == "success"
+    (attempt,) = instances(service, dag_id, "hello")
+    assert attempt["status"] == "D" and attempt["exit_status"] == 0
+    assert out.read_text().split()[1] == attempt["distributor_id"]  # it really ran as that SGE job
+    assert attempt["resources"]["queue"] == "all.q"
+    info = accounting(attempt["distributor_id"])
+    assert info is not None and info.exit_status == 0
+
+
+def test_exit_3_is_an_error_and_is_retried(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+    marker = tmp_path / "tried"
+    command = f"if [ ! -e {marker} ]; then touch {marker}; echo 'no input yet' >&2; exit 3; fi"
+    dag_run: Any = run_dag(make_dag(dag_id, flaky={"command": command}))
+    assert str(dag_run.state) == "success"
+    first, second = instances(service, dag_id, "flaky")
+    assert (first["status"], first["exit_status"], second["status"]) == ("E", 3, "D")
+    assert any("no input yet" in e for e in first["errors"])
+    assert first["distributor_id"] != second["distributor_id"]
+
+
+def test_memory_kill_by_execd_is_retried_with_1_5x_h_vmem(service: JobmonService, dag_id: str) -> None:
+    dag = make_dag(dag_id, hungry={"command": THREE_CHILDREN, "compute_resources": {"memory": "240M", "runtime": 120}})
+    dag_run: Any = run_dag(dag)
+    assert str(dag_run.state) == "success"
+    killed, retried = instances(service, dag_id, "hungry")
+    assert (killed["status"], killed["exit_status"]) == ("Z", 137)
+    info = accounting(killed["distributor_id"])
+    assert info.resource == "memory" and "failed 37" in info.reason
+    assert retried["status"] == "D"
+    assert retried["resources"]["memory"] == pytest.approx(360 / 1024, rel=0.01)
+    retried_info = accounting(retried["distributor_id"])
+    assert retried_info.exit_status == 0
+
+
+def test_runtime_kill_by_h_rt_is_retried_with_scaled_runtime(service: JobmonService, dag_id: str) -> None:
+    dag_run: Any = run_dag(make_dag(dag_id, slow={"command": "sleep 8", "compute_resources": {"runtime": 5}}))
+    assert str(dag_run.state) == "success"
+    killed, retried = instances(service, dag_id, "slow")
+    assert killed["status"] == "Z" and any("runtime" in e or "h_rt" in e for e in killed["errors"])
+    assert (killed["resources"]["runtime"], retried["resources"]["runtime"]) == (5, 8)  # ceil(5 × 1.5)
+    assert retried["status"] == "D"
+
+
+def test_two_cores_book_memory_per_slot(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+    out = tmp_path / "limits.txt"
+    command = f"echo $NSLOTS $PE $(ulimit -v) > {out}"
+    dag_run: Any = run_dag(
+        make_dag(dag_id, smp={"command": command, "compute_resources": {"cores": 2, "memory": "2G"}})
+    )
+    assert str(dag_run.state) == "success"
+    (attempt,) = instances(service, dag_id, "smp")
+    assert out.read_text().split() == ["2", "smp", str(2 * 1024 * 1024)]  # RLIMIT_AS: 2 slots × h_vmem=1G (KiB)
+    info = accounting(attempt["distributor_id"])
+    assert (info.slots, info.granted_pe) == (2, "smp")
+
+
+def test_unsatisfiable_request_fails_at_submission_with_sge_reason(service: JobmonService, dag_id: str) -> None:
+    before = qstat_job_ids()
+    dag_run: Any = run_dag(make_dag(dag_id, huge={"command": "true", "compute_resources": {"cores": 64}}))
+    assert str(dag_run.state) == "failed"
+    assert qstat_job_ids() <= before  # nothing left pending
+    attempts = instances(service, dag_id, "huge")
+    # Refused before submission (over the queue's slots) or by qsub -w e: either way the reason names the cause.
+    assert all(a["status"] == "W" for a in attempts)
+
+
+def _deferred(op: JobmonTaskOperator, run_id: str) -> Any:
+    context: Any = {"ti": SimpleNamespace(try_number=1, map_index=-1), "run_id": run_id}
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    return deferred.value.trigger
+
+
+def test_killing_the_deferred_task_deletes_the_sge_job(service: JobmonService, dag_id: str) -> None:
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)):
+        op = JobmonTaskOperator(task_id="sleeper", command="sleep 300", poll_interval=1)
+    trigger = _deferred(op, "kill")
+
+    async def scenario() -> Any:
+        waiting = asyncio.create_task(anext(trigger.run()))
+        await asyncio.to_thread(wait_for, lambda: service.status_of(trigger.task_instance_id) == "R")
+        await trigger.on_kill()
+        return (await asyncio.wait_for(waiting, 30)).payload
+
+    event = asyncio.run(scenario())
+    assert event["status"] == "K"
+    assert service.status_of(trigger.task_instance_id) == "K"
+    wait_for(lambda: trigger.job_id not in qstat_job_ids(), 30)
+    info = accounting(trigger.job_id)
+    assert info is not None and info.exit_status == 137  # qdel of a running job: failed 100, exit 137
+
+
+REATTACH_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from datetime import datetime
+    from types import SimpleNamespace
+    from airflow.sdk import DAG
+    from jobmon_airflow.operators import JobmonTaskOperator
+
+    dag_id, run_id, marker = sys.argv[1:4]
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)):
+        op = JobmonTaskOperator(
+            task_id="long", command=f"sleep 6; echo ran >> {marker}", deferrable=False, poll_interval=1
+        )
+    print("result", op.execute({"ti": SimpleNamespace(try_number=int(sys.argv[4]), map_index=-1), "run_id": run_id}))
+    """
+)
+
+
+def test_reattach_after_the_operator_process_dies(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+    script = tmp_path / "run_operator.py"
+    script.write_text(REATTACH_SCRIPT)
+    marker = tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    first = subprocess.Popen([PY, str(script), dag_id, "run1", str(marker), "1"], env=env)
+    wait_for(
+        lambda: bool(instances(service, dag_id, "long")) and instances(service, dag_id, "long")[0]["status"] == "R"
+    )
+    first.send_signal(signal.SIGKILL)  # the Airflow worker dies mid-job; the SGE job keeps running
+    first.wait()
+    (live,) = instances(service, dag_id, "long")
+    assert live["distributor_id"] in qstat_job_ids()
+    second = subprocess.run(
+        [PY, str(script), dag_id, "run1", str(marker), "2"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    (attempt,) = instances(service, dag_id, "long")  # adopted: still one instance, one job
+    assert attempt["id"] == live["id"] and attempt["distributor_id"] == live["distributor_id"]
+    assert attempt["status"] == "D" and marker.read_text() == "ran\n"
+    assert "Re-attaching to job" in second.stderr + second.stdout
+    jobs = subprocess.run(["qacct", "-j", attempt["distributor_id"]], capture_output=True, text=True).stdout
+    assert jobs.count("jobnumber") == 1
+
+
+def test_launched_job_that_vanishes_before_running_is_a_retryable_error(service: JobmonService, dag_id: str) -> None:
+    from airflow.sdk.exceptions import AirflowException
+
+    queue = "all.q"
+    subprocess.run(["qmod", "-d", queue], check=True, capture_output=True)  # nothing starts: the job stays qw
+    try:
+        with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)):
+            op = JobmonTaskOperator(task_id="ghost", command="true", poll_interval=0.5, lost_grace_s=2)
+        trigger = _deferred(op, "ghost")
+        subprocess.run(["qdel", trigger.job_id], check=True, capture_output=True)  # deleted while pending
+        event = asyncio.run(asyncio.wait_for(anext(trigger.run()), 60)).payload
+    finally:
+        subprocess.run(["qmod", "-e", queue], check=True, capture_output=True)
+    assert event["status"] == "X"
+    context: Any = {"ti": SimpleNamespace(try_number=1, map_index=-1), "run_id": "ghost"}
+    with pytest.raises(AirflowException):
+        op.execute_complete(context, event)
+    (attempt,) = instances(service, dag_id, "ghost")
+    assert attempt["status"] == "E" and attempt["task_status"] == "G"  # retryable
+
+
+def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: JobmonService, dag_id: str) -> None:
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)):
+        ops = [JobmonTaskOperator(task_id=f"t{i}", command="sleep 120", poll_interval=0.5) for i in range(50)]
+    triggers = [_deferred(op, "fifty") for op in ops]
+    qstat_calls: list[float] = []
+
+    async def scenario() -> float:
+        watcher = await SharedWatcher.get(
+            triggers[0].jobmon_conn_id, triggers[0].cluster, triggers[0].poll_interval, triggers[0].lost_grace_s
+        )
+        cluster = watcher.poller.cluster
+        real_run = cluster._run  # type: ignore[attr-defined]
+
+        def counting_run(argv: Any, *args: Any, **kwargs: Any) -> Any:
+            if os.path.basename(argv[0]) == "qstat":
+                qstat_calls.append(time.monotonic())
+            return real_run(argv, *args, **kwargs)
+
+        cluster._run = counting_run  # type: ignore[attr-defined]
+        tasks = [asyncio.create_task(anext(t.run())) for t in triggers]
+        start = time.monotonic()
+        await asyncio.sleep(5)
+        elapsed = time.monotonic() - start
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(t.on_kill() for t in triggers))
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    # One poll per 0.5 s interval (plus the first); 50 per-task pollers would make ≥ 50 per interval.
+    assert 0 < len(qstat_calls) <= elapsed / 0.5 + 2
+    gaps = [b - a for a, b in itertools.pairwise(qstat_calls)]
+    assert all(g >= 0.45 for g in gaps), gaps
