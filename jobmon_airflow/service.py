@@ -695,6 +695,11 @@ class JobmonService:
             values["wallclock"] = float(usage["wallclock_s"])
         if usage.get("cpu_s") is not None:
             values["cpu"] = float(usage["cpu_s"])
+        if status == states.TaskInstanceStatus.ERROR_FATAL:
+            # Jobmon reaches F from a running instance only through triage (R→T→F): take the same path.
+            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one()
+            if current == states.TaskInstanceStatus.RUNNING:
+                transition_task_instances(s, [ti_id], "T")
         changed = transition_task_instances(s, [ti_id], status, values)
         if status != "D":
             _log_errors(s, changed, message)

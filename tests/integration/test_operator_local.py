@@ -296,3 +296,13 @@ def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(servic
         op.execute_complete(context, event)
     (attempt,) = instances(service, "jobmon_triage", "hang")
     assert attempt["status"] == event["status"] and attempt["task_status"] in ("G", "A")  # retryable
+
+
+def test_fatal_error_fails_without_retry(service: JobmonService) -> None:
+    # 198: Jobmon's worker-node environment failure, fatal (F) whatever attempts remain.
+    dag = make_dag("jobmon_fatal", doomed={"command": "echo 'wrong environment' >&2; exit 198", "max_attempts": 3})
+    dag_run: Any = run_dag(dag)
+    assert str(dag_run.state) == "failed"
+    (attempt,) = instances(service, "jobmon_fatal", "doomed")  # one attempt, no retry
+    assert (attempt["status"], attempt["task_status"]) == ("F", "F")
+    assert any("wrong environment" in e for e in attempt["errors"])
