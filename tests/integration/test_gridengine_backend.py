@@ -83,7 +83,7 @@ def wait_until(check: Any, timeout: float, what: str, interval: float = 0.25) ->
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def finish(cluster: GridEngineCluster, job_ids: Iterable[str], timeout: float = 30) -> dict[str, ExitInfo]:
+def finish(cluster: GridEngineCluster, job_ids: Iterable[str], timeout: float = 60) -> dict[str, ExitInfo]:
     """Wait until the jobs leave qstat and their accounting records are there."""
     ids = list(job_ids)
     wait_until(lambda: all(s.state is JobState.GONE for s in cluster.statuses(ids).values()), timeout, f"{ids} gone")
@@ -131,7 +131,7 @@ def test_runtime_over_h_rt_is_a_runtime_kill(cluster: CountingCluster, tmp_path:
 
 def test_kill_of_a_running_job_is_deleted(cluster: CountingCluster, tmp_path: Path) -> None:
     job_id = cluster.submit(job(tmp_path, ["/bin/sleep", "60"]))
-    wait_until(lambda: cluster.statuses([job_id])[job_id].state is JobState.RUNNING, 20, "running")
+    wait_until(lambda: cluster.statuses([job_id])[job_id].state is JobState.RUNNING, 60, "running")
     cluster.kill([job_id])
     cluster.kill([job_id])  # again, or already gone: not an error
     info = finish(cluster, [job_id])[job_id]
