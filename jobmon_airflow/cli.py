@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -37,9 +38,11 @@ def _service(url: str | None) -> Any:
     from jobmon_airflow import db, service
 
     if url is None:
-        from jobmon_airflow.hooks.jobmon import JobmonHook
+        # Airflow logs to stdout; keep stdout for the command's own output (tables, JSON).
+        with contextlib.redirect_stdout(sys.stderr):
+            from jobmon_airflow.hooks.jobmon import JobmonHook
 
-        url = JobmonHook().get_db_url()
+            url = JobmonHook().get_db_url()
     engine = db.get_engine(url)
     db.ensure_schema(engine)
     return service.JobmonService(engine)

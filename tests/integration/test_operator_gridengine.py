@@ -300,7 +300,11 @@ def test_launched_job_that_vanishes_before_running_is_a_retryable_error(service:
 def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: JobmonService, dag_id: str) -> None:
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)):
         ops = [JobmonTaskOperator(task_id=f"t{i}", command="sleep 120", poll_interval=0.5) for i in range(50)]
-    triggers = [_deferred(op, "fifty") for op in ops]
+    subprocess.run(["qmod", "-d", "all.q"], check=True, capture_output=True)  # 50 pending jobs, none running
+    try:
+        triggers = [_deferred(op, "fifty") for op in ops]
+    finally:
+        subprocess.run(["qmod", "-e", "all.q"], check=True, capture_output=True)
     qstat_calls: list[float] = []
 
     async def scenario() -> float:
@@ -327,6 +331,7 @@ def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: JobmonService, da
         return elapsed
 
     elapsed = asyncio.run(scenario())
+    wait_for(lambda: not {t.job_id for t in triggers} & qstat_job_ids(), 30)  # on_kill deleted every job
     # One poll per 0.5 s interval (plus the first); 50 per-task pollers would make ≥ 50 per interval.
     assert 0 < len(qstat_calls) <= elapsed / 0.5 + 2
     gaps = [b - a for a, b in itertools.pairwise(qstat_calls)]
