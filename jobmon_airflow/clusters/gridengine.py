@@ -1,8 +1,8 @@
-"""Grid Engine (Son of Grid Engine 8.1.9): every command line and parser, the backend, and the shared qstat poller.
+"""Grid Engine (Son of Grid Engine 8.1.9): every command line and parser, and the backend.
 
 Read top to bottom: tables, then pure functions (no I/O; tested on recorded output in ``tests/data/gridengine/``),
-then :class:`AccountingReader` and :class:`GridEngineCluster`, which run the commands, then
-:class:`SharedQstatPoller`, which lets every watcher of one process share one ``qstat`` per interval.
+then :class:`AccountingReader` and :class:`GridEngineCluster`, which run the commands. Sharing one ``qstat`` per
+interval among every watched job of a process is :mod:`jobmon_airflow.watch`'s job (cluster-independent).
 This module never imports Airflow: worker nodes and triggers stay light.
 
 How a job is submitted, and why (checked on the real cluster, see ``tests/integration/test_gridengine_backend.py``):
@@ -28,22 +28,19 @@ How a job is submitted, and why (checked on the real cluster, see ``tests/integr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import math
 import os
 import re
 import shlex
 import subprocess
 import threading
 import time
-import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import BinaryIO
 
 from jobmon_airflow.clusters.base import (
     ClusterError,
@@ -911,75 +908,3 @@ def _array_status(job_id: str, elements: Sequence[JobStatus]) -> JobStatus:
 
 # --------------------------------------------------------------------------------------------------------------
 # One qstat per interval for every watcher in the process
-
-
-class SharedQstatPoller:
-    """Lets many watchers in one process (e.g. 50 deferred tasks in a triggerer) share one ``qstat`` per interval.
-
-    ``await poller.status(job_id)`` adds the id to the next poll, waits for it and returns the job's status. A
-    poll runs only while someone waits, at most once per ``interval``, with all ids waiting at that moment, in a
-    thread (``asyncio.to_thread``). A failed poll raises in every waiter, which decides what to do. ``calls``
-    counts polls. :meth:`shared` returns the one poller of the running event loop for a cluster and interval.
-    """
-
-    _shared: ClassVar[
-        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], SharedQstatPoller]]
-    ] = weakref.WeakKeyDictionary()
-
-    def __init__(self, cluster: GridEngineCluster, interval: float = 30.0, gather: float = 0.05) -> None:
-        self.cluster = cluster
-        self.interval = interval
-        self.gather = gather  # wait this long before a poll so that watchers arriving together share it
-        self.calls = 0
-        self._waiting: dict[str, int] = {}  # job id → watchers waiting for the next poll
-        self._next: asyncio.Future[dict[str, JobStatus]] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._last_poll = -math.inf
-
-    @classmethod
-    def shared(cls, cluster: GridEngineCluster, interval: float = 30.0) -> SharedQstatPoller:
-        """The process's poller for this cluster and interval (one per event loop: futures belong to a loop)."""
-        per_loop = cls._shared.setdefault(asyncio.get_running_loop(), {})
-        key = (cluster.sge_root, cluster.sge_cell, interval)
-        if key not in per_loop:
-            per_loop[key] = cls(cluster, interval)
-        return per_loop[key]
-
-    @property
-    def watched(self) -> frozenset[str]:
-        return frozenset(self._waiting)
-
-    async def status(self, job_id: str) -> JobStatus:
-        """The job's status from the next shared poll (GONE when qstat no longer lists it)."""
-        self._waiting[job_id] = self._waiting.get(job_id, 0) + 1
-        try:
-            if self._next is None:
-                self._next = asyncio.get_running_loop().create_future()
-            poll = self._next
-            if self._task is None or self._task.done():
-                self._task = asyncio.create_task(self._run())
-            result = await asyncio.shield(poll)  # one waiter's cancellation must not cancel the poll for all
-        finally:
-            self._waiting[job_id] -= 1
-            if not self._waiting[job_id]:
-                del self._waiting[job_id]
-        return result.get(job_id) or JobStatus(job_id, JobState.GONE)
-
-    async def _run(self) -> None:
-        while self._next is not None:
-            await asyncio.sleep(max(self._last_poll + self.interval - time.monotonic(), self.gather))
-            poll, self._next = self._next, None  # watchers arriving from now on wait for the next poll
-            ids = sorted(self._waiting)
-            if poll.done() or not ids:
-                if not poll.done():
-                    poll.set_result({})
-                continue
-            self._last_poll = time.monotonic()
-            self.calls += 1
-            try:
-                result = await asyncio.to_thread(self.cluster.statuses, ids)
-            except Exception as exc:  # every waiter sees the failure and decides (retry, count, give up)
-                poll.set_exception(exc)
-                poll.add_done_callback(lambda f: f.exception())  # no "never retrieved" noise if all left
-            else:
-                poll.set_result(result)

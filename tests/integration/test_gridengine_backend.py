@@ -6,7 +6,6 @@ every job a test submits is deleted at the end, whatever happens.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from jobmon_airflow.clusters.base import ExitInfo, ExitKind, JobRequest, JobState, JobStatus, SubmissionError
-from jobmon_airflow.clusters.gridengine import GridEngineCluster, SharedQstatPoller, parse_qstat_xml
+from jobmon_airflow.clusters.gridengine import GridEngineCluster, parse_qstat_xml
 from jobmon_airflow.resources import Resources
 
 pytestmark = pytest.mark.gridengine
@@ -234,31 +233,3 @@ def test_eqw_job_is_an_error_with_its_reason(cluster: CountingCluster, tmp_path:
     info = finish(cluster, [victim])[victim]
     assert (info.kind, info.start_time) == (ExitKind.ERROR, None)
     assert "failed 28: changing into working directory" in info.reason
-
-
-def test_shared_poller_50_watchers_one_qstat_per_interval(cluster: CountingCluster, tmp_path: Path) -> None:
-    ids = [cluster.submit(job(tmp_path, ["/bin/sleep", "1"])) for _ in range(2)]
-    watched = [ids[i % 2] for i in range(48)] + ["999999", "999999.3"]  # 50 watchers; two ids never existed
-    interval = 0.5
-    poller = SharedQstatPoller(cluster, interval=interval)
-    before = cluster.qstat_xml_calls()
-
-    async def watch(job_id: str) -> list[JobState]:
-        states: list[JobState] = []
-        while not states or states[-1] is not JobState.GONE:
-            states.append((await poller.status(job_id)).state)
-        return states
-
-    async def main() -> list[list[JobState]]:
-        return await asyncio.gather(*(watch(i) for i in watched))
-
-    started = time.monotonic()
-    histories = asyncio.run(main())
-    elapsed = time.monotonic() - started
-    calls = cluster.qstat_xml_calls() - before
-    assert calls == poller.calls
-    assert calls <= elapsed / interval + 1  # one qstat per interval, however many watchers
-    assert all(h[-1] is JobState.GONE for h in histories)
-    assert any(JobState.RUNNING in h or JobState.PENDING in h for h in histories[:48])
-    assert histories[48] == histories[49] == [JobState.GONE]
-    finish(cluster, ids)

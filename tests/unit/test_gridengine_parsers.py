@@ -6,22 +6,20 @@ The recordings come from ``tests/data/gridengine/record.sh`` run against the one
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobmon_airflow.clusters.base import ClusterError, ExitKind, JobRequest, JobState, JobStatus, SubmissionError
+from jobmon_airflow.clusters.base import ClusterError, ExitKind, JobRequest, JobState, SubmissionError
 from jobmon_airflow.clusters.gridengine import (
     AccountingReader,
     GridEngineCluster,
-    SharedQstatPoller,
     classify_exit,
     decode_state,
     expand_task_ranges,
@@ -611,70 +609,3 @@ def test_kill_tolerates_gone_jobs_but_not_other_errors() -> None:
     with pytest.raises(ValueError, match="not a Grid Engine job id"):
         broken.kill(["-u", "root"])
     RecordedCluster({}).kill([])  # nothing to do: no command
-
-
-# --------------------------------------------------------------------------------------------------------------
-# SharedQstatPoller with a counting stand-in for the cluster
-
-
-class CountingCluster(GridEngineCluster):
-    def __init__(self, running: Iterable[str] = (), fail: bool = False) -> None:
-        super().__init__()
-        self.running = set(running)
-        self.fail = fail
-        self.calls: list[list[str]] = []
-
-    def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
-        ids = list(job_ids)
-        self.calls.append(ids)
-        if self.fail:
-            raise ClusterError("qstat -xml failed (exit 1): error: unable to contact qmaster")
-        return {i: JobStatus(i, JobState.RUNNING if i in self.running else JobState.GONE) for i in ids}
-
-
-def test_poller_50_watchers_share_one_qstat_per_interval() -> None:
-    cluster = CountingCluster(running=[str(i) for i in range(25)])
-    poller = SharedQstatPoller(cluster, interval=0.2)
-
-    async def watch(job_id: str, rounds: int) -> list[JobState]:
-        return [(await poller.status(job_id)).state for _ in range(rounds)]
-
-    async def main() -> list[list[JobState]]:
-        return await asyncio.gather(*(watch(str(i), 3) for i in range(50)))
-
-    results = asyncio.run(main())
-    assert poller.calls == len(cluster.calls) == 3  # 3 rounds of 50 watchers: 3 qstat calls
-    assert all(len(c) == 50 for c in cluster.calls)
-    assert results[0] == [JobState.RUNNING] * 3 and results[49] == [JobState.GONE] * 3
-    assert poller.watched == frozenset()
-
-
-def test_poller_failure_reaches_every_waiter_and_polls_resume() -> None:
-    cluster = CountingCluster(fail=True)
-    poller = SharedQstatPoller(cluster, interval=0.05)
-
-    async def main() -> list[Any]:
-        failed = await asyncio.gather(*(poller.status(str(i)) for i in range(5)), return_exceptions=True)
-        cluster.fail = False
-        return [*failed, await poller.status("1")]
-
-    results = asyncio.run(main())
-    assert all(isinstance(r, ClusterError) for r in results[:5])
-    assert results[5] == JobStatus("1", JobState.GONE)
-    assert poller.calls == 2
-
-
-def test_poller_shared_per_loop_cluster_and_interval() -> None:
-    cluster = CountingCluster()
-
-    async def main() -> tuple[SharedQstatPoller, SharedQstatPoller, SharedQstatPoller]:
-        return (
-            SharedQstatPoller.shared(cluster, 1.0),
-            SharedQstatPoller.shared(GridEngineCluster(), 1.0),
-            SharedQstatPoller.shared(cluster, 2.0),
-        )
-
-    a, b, c = asyncio.run(main())
-    assert a is b and a is not c
-    d, _, _ = asyncio.run(main())  # a new event loop gets its own
-    assert d is not a
