@@ -131,11 +131,18 @@ def _tasks_follow(session: Session, ti_ids: Sequence[int], ti_status: str) -> No
     """A task follows its instance through Q/I/O/R/D; after errors it takes Jobmon's retry path."""
     if not ti_ids:
         return
-    task_ids = [
-        r.task_id
-        for chunk in _chunks(list(ti_ids))
-        for r in session.execute(sa.select(TI.c.task_id).where(TI.c.id.in_(chunk)))
-    ]
+    # Only a task's newest instance moves the task: a late report of a superseded attempt must not.
+    task_ids: list[int] = []
+    for chunk in _chunks(list(ti_ids)):
+        own = sa.select(TI.c.task_id, TI.c.id).where(TI.c.id.in_(chunk)).subquery()
+        task_ids += [
+            r.task_id
+            for r in session.execute(
+                sa.select(own.c.task_id).where(
+                    own.c.id == sa.select(sa.func.max(TI.c.id)).where(TI.c.task_id == own.c.task_id).scalar_subquery()
+                )
+            )
+        ]
     if ti_status in states.TASK_FOLLOWS_INSTANCE:
         target = states.TASK_FOLLOWS_INSTANCE[ti_status]
         now = utcnow()
@@ -217,6 +224,16 @@ class TaskSpec:
     fallback_queues: Sequence[str] = ()
     array_id: int | None = None
     task_template_version_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """One resource set for the next attempt of some tasks."""
+
+    resources: Resources
+    kind: str  # task_resources type: O original, V validated (moved/coerced), A adjusted (scaled)
+    warnings: list[str]
+    task_ids: list[int]
 
 
 @dataclass(frozen=True)
@@ -469,6 +486,50 @@ class JobmonService:
                     TASK.update().where(TASK.c.id.in_(chunk)).values(status="G", num_attempts=0, status_date=utcnow())
                 )
 
+    def plan_resources(
+        self,
+        task_ids: Sequence[int],
+        requested: Resources,
+        limits_of: Any,
+        resource_scales: Mapping[str, ScaleSpec] | None = None,
+        fallback_queues: Sequence[str] = (),
+    ) -> list[ResourcePlan]:
+        """Resources of the next attempt of many tasks, grouped by resource set (one array batch each).
+
+        A task whose last instance was killed for resources (Z) gets that attempt's resources scaled (Jobmon's
+        ``adjust_resources``, type A); others get ``requested`` (type O). Then the first queue of
+        ``[queue] + fallback_queues`` that fits is taken (type V when that changed anything). One query in all.
+        """
+        latest = (
+            sa.select(sa.func.max(TI.c.id).label("ti_id"))
+            .where(TI.c.task_id.in_(sa.bindparam("ids", expanding=True)))
+            .group_by(TI.c.task_id)
+            .scalar_subquery()
+        )
+        tr = _table(models.TaskResources)
+        last: dict[int, Any] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(task_ids)):
+                for r in conn.execute(
+                    sa.select(TI.c.task_id, TI.c.status, tr.c.requested_resources)
+                    .join(tr, tr.c.id == TI.c.task_resources_id)
+                    .where(TI.c.id.in_(latest)),
+                    {"ids": list(chunk)},
+                ):
+                    last[r.task_id] = r
+        plans: dict[tuple[Resources, str], ResourcePlan] = {}
+        for task_id in task_ids:
+            row = last.get(task_id)
+            kind, base = "O", requested
+            if row is not None and row.status == states.TaskInstanceStatus.RESOURCE_ERROR:
+                kind = "A"
+                base = scale_resources(Resources.parse(json.loads(row.requested_resources)), resource_scales)
+            fitted, warnings = fit_queue(base, limits_of, fallback_queues)
+            kind = "V" if warnings and kind == "O" else kind
+            plan = plans.setdefault((fitted, kind), ResourcePlan(fitted, kind, warnings, []))
+            plan.task_ids.append(task_id)
+        return list(plans.values())
+
     def resources_for_next_attempt(
         self,
         task_id: int,
@@ -477,28 +538,9 @@ class JobmonService:
         resource_scales: Mapping[str, ScaleSpec] | None = None,
         fallback_queues: Sequence[str] = (),
     ) -> tuple[Resources, str, list[str]]:
-        """Resources of the next attempt, their task_resources type (O/V/A), and warnings.
-
-        After a resource kill (last instance Z) the last attempt's resources are scaled (Jobmon's
-        ``adjust_resources``); then the first queue of ``[queue] + fallback_queues`` that fits is taken.
-        """
-        with self.session() as s:
-            last = s.execute(
-                sa.select(TI.c.status, models.TaskResources.requested_resources)
-                .join(models.TaskResources, models.TaskResources.id == TI.c.task_resources_id)
-                .where(TI.c.task_id == task_id)
-                .order_by(TI.c.id.desc())
-                .limit(1)
-            ).one_or_none()
-        kind = "O"
-        base = requested
-        if last is not None and last.status == states.TaskInstanceStatus.RESOURCE_ERROR:
-            base = scale_resources(Resources.parse(json.loads(last.requested_resources)), resource_scales)
-            kind = "A"
-        fitted, warnings = fit_queue(base, limits_of, fallback_queues)
-        if warnings and kind == "O":
-            kind = "V"
-        return fitted, kind, warnings
+        """:meth:`plan_resources` for one task: (resources, task_resources type, warnings)."""
+        (plan,) = self.plan_resources([task_id], requested, limits_of, resource_scales, fallback_queues)
+        return plan.resources, plan.kind, plan.warnings
 
     # -- task instances: the operator's side -------------------------------------------------------------------
     def queue_task_instances(
@@ -628,7 +670,8 @@ class JobmonService:
             _log_errors(s, changed, message)
 
     def request_kill(self, ti_ids: Sequence[int], message: str = "killed by user") -> list[int]:
-        """Q/I/O/R → K (KILL_SELF); the caller deletes the jobs. The tasks fail without retry."""
+        """Q/I/O/R → K (KILL_SELF). A worker that still runs sees K in its next heartbeat reply and stops (K→F);
+        one that finishes first reports K→D. The caller deletes the jobs, then calls :meth:`end_killed`."""
         with self.session() as s:
             live = [
                 r.id
@@ -637,15 +680,23 @@ class JobmonService:
             ]
             changed = _transition(s, states.TASK_INSTANCE_FSM, TI, live, "K")
             _log_errors(s, changed, message)
-            task_ids = [r.task_id for r in s.execute(sa.select(TI.c.task_id).where(TI.c.id.in_(changed)))]
-            for chunk in _chunks(task_ids):
-                for step in "EF":
+            return changed
+
+    def end_killed(self, ti_ids: Sequence[int]) -> None:
+        """After the jobs were deleted nobody reports: tasks of instances still in K fail without retry (E→F)."""
+        with self.session() as s:
+            task_ids = [
+                r.task_id
+                for chunk in _chunks(list(ti_ids))
+                for r in s.execute(sa.select(TI.c.task_id).where(TI.c.id.in_(chunk), TI.c.status == "K"))
+            ]
+            for step in "EF":
+                for chunk in _chunks(task_ids):
                     s.execute(
                         TASK.update()
                         .where(TASK.c.id.in_(chunk), TASK.c.status.in_(states.TASK_FSM.sources(step)))
                         .values(status=step, status_date=utcnow())
                     )
-            return changed
 
     def apply_outcome(
         self,

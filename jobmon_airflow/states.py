@@ -207,8 +207,8 @@ TASK_INSTANCE_BUCKETS: Mapping[str, frozenset[str]] = {
 TASK_INSTANCE_LIVE = frozenset("IORTK")
 #: Instances that ended; the task decides what comes next.
 TASK_INSTANCE_FINAL = frozenset("DEFUWXZ")
-#: Instance errors that feed a task retry; F is fatal.
-TASK_INSTANCE_RETRYABLE = frozenset("EUWXZ")
+#: Instance errors that feed a task retry (X does through X→E); F is fatal.
+TASK_INSTANCE_RETRYABLE = frozenset("EUWZ")
 
 
 def bucket_of(buckets: Mapping[str, Iterable[str]], status: str) -> str:

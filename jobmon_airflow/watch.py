@@ -244,7 +244,9 @@ def _build_poller(jobmon_conn_id: str, cluster: dict[str, Any], lost_grace_s: fl
 
 
 def kill_task_instance(service: JobmonService, cluster: Cluster, ti_id: int, job_id: str | None) -> None:
-    """Record K, then delete the job (the order keeps a late worker report from looking like a normal end)."""
+    """Record K, delete the job, then fail the task (the order keeps a late worker report from looking like a
+    normal end)."""
     service.request_kill([ti_id])
     if job_id:
         cluster.kill([job_id])
+    service.end_killed([ti_id])

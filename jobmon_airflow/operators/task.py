@@ -244,7 +244,10 @@ class JobmonTaskOperator(BaseOperator):
             f"({states.DESCRIPTIONS[states.TaskInstanceStatus][view.status]}); "
             f"attempt {task.num_attempts} of {task.max_attempts}"
         )
-        if view.status == states.TaskInstanceStatus.KILL_SELF or task.status == states.TaskStatus.ERROR_FATAL:
+        if view.status == states.TaskInstanceStatus.KILL_SELF:
+            svc.end_killed([ti_id])
+            raise AirflowFailException(message)
+        if task.status == states.TaskStatus.ERROR_FATAL:
             raise AirflowFailException(message)
         if view.status == states.TaskInstanceStatus.RESOURCE_ERROR:
             message += "; the next try gets scaled resources"
