@@ -36,8 +36,7 @@ with DAG(
 
     prepare = JobmonTaskOperator(task_id="prepare_inputs", command=f"{STEPS} prepare {data} {N_TASKS}")
     squares = [
-        JobmonTaskOperator(task_id=f"sum_of_squares_{i}", command=f"{STEPS} squares {data} {i}")
-        for i in range(N_TASKS)
+        JobmonTaskOperator(task_id=f"sum_of_squares_{i}", command=f"{STEPS} squares {data} {i}") for i in range(N_TASKS)
     ]
     aggregate = JobmonTaskOperator(task_id="aggregate", command=f"{STEPS} aggregate {data} {N_TASKS}")
 
