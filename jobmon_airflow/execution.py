@@ -20,7 +20,7 @@ from typing import Any
 from jobmon_airflow import states
 from jobmon_airflow.clusters.base import Cluster, JobRequest, JobState
 from jobmon_airflow.resources import Resources
-from jobmon_airflow.service import JobmonService, hash_token
+from jobmon_airflow.service import JobmonService, ResourcePlan, hash_token
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ def safe_path_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:120] or "_"
 
 
-def write_token(log_dir: Path, ti_id: int) -> tuple[str, Path]:
-    """A fresh bearer token for one instance, in a file only the owner can read (never argv or env: ``ps``)."""
+def write_token(log_dir: Path, owner: int | str) -> tuple[str, Path]:
+    """A fresh bearer token, in a file only the owner can read (never argv or env: ``ps``, ``qstat -j``)."""
     token_dir = log_dir / ".tokens"
     token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = token_dir / f"ti-{ti_id}.token"
+    path = token_dir / (f"ti-{owner}.token" if isinstance(owner, int) else f"{owner}.token")
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -70,6 +70,21 @@ def worker_argv(
         "--heartbeat-interval", f"{heartbeat_interval:g}",
         "--http-retry-seconds", f"{http_retry_seconds:g}",
         "--command-b64", base64.b64encode(command.encode()).decode(),
+    ]  # fmt: skip
+
+
+def array_worker_argv(
+    manifest: Path, state_manager_url: str, heartbeat_interval: float, http_retry_seconds: float = 30.0
+) -> list[str]:
+    """The argv every element of an array batch runs; each finds its instance in the manifest by SGE_TASK_ID."""
+    return [
+        sys.executable,
+        "-m",
+        "jobmon_airflow.worker_node",
+        "--array-manifest", str(manifest),
+        "--state-manager-url", state_manager_url,
+        "--heartbeat-interval", f"{heartbeat_interval:g}",
+        "--http-retry-seconds", f"{http_retry_seconds:g}",
     ]  # fmt: skip
 
 
@@ -151,3 +166,78 @@ def submit_task_instance(
         ti_id, cluster.name, job_id, resources.to_dict(), stderr,
     )  # fmt: skip
     return Submission(ti_id, job_id, resources.to_dict())
+
+
+def submit_array_batch(
+    service: JobmonService,
+    cluster: Cluster,
+    *,
+    workflow_run_id: int,
+    cluster_id: int,
+    array_id: int,
+    name: str,
+    plan: ResourcePlan,
+    commands: Mapping[int, str],
+    log_dir: Path,
+    state_manager_url: str,
+    heartbeat_interval: float,
+    try_number: int | None,
+    max_concurrent: int | None = None,
+    http_retry_seconds: float = 30.0,
+) -> dict[int, str]:
+    """One array batch: the plan's tasks (one resource set) queued together and submitted as ONE array job
+    (``qsub -t 1-N``). Each element finds its instance in the batch manifest by ``SGE_TASK_ID``. Returns
+    {task instance id: element job id "J.i"}; bulk statements throughout, one cluster call."""
+    from jobmon_airflow.worker_node import write_array_manifest
+
+    batch = service.next_array_batch_num(array_id)
+    queue = cluster.queue_limits(plan.resources.queue)
+    ti_ids = service.queue_task_instances(
+        workflow_run_id,
+        cluster_id,
+        plan.task_ids,
+        plan.resources,
+        plan.kind,
+        queue,
+        try_number=try_number,
+        array_id=array_id,
+        array_batch_num=batch,
+    )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    token, token_file = write_token(log_dir, f"array-{array_id}-batch-{batch}")
+    exit_records = {ti: log_dir / f"ti-{ti}.exit.json" for ti in ti_ids}
+    service.instantiate(
+        ti_ids,
+        dict.fromkeys(ti_ids, hash_token(token)),  # one token per batch: it opens this batch's instances only
+        {ti: {"exit_record": str(path)} for ti, path in exit_records.items()},
+    )
+    manifest = log_dir / f"array-{array_id}-batch-{batch}.manifest.json"
+    write_array_manifest(  # element i is the instance SGE_TASK_ID i runs
+        manifest,
+        token_file,
+        [(ti, commands[task], exit_records[ti]) for ti, task in zip(ti_ids, plan.task_ids, strict=True)],
+    )
+    job = JobRequest(
+        name=name,
+        argv=array_worker_argv(manifest, state_manager_url, heartbeat_interval, http_retry_seconds),
+        resources=plan.resources,
+        log_dir=log_dir,
+        array_length=len(ti_ids),
+        max_concurrent=max_concurrent,
+    )
+    try:
+        job_id = cluster.submit(job)
+    except Exception as exc:
+        service.log_no_distributor_id(ti_ids, f"submission failed: {exc}")
+        raise
+    elements = {ti: f"{job_id}.{i}" for i, ti in enumerate(ti_ids, start=1)}
+    paths = {}
+    for i, ti in enumerate(ti_ids, start=1):
+        stdout, stderr = cluster.log_paths(job, job_id, i)
+        paths[ti] = {"stdout": str(stdout), "stderr": str(stderr)}
+    service.log_distributor_ids(elements, paths)
+    log.info(
+        "Submitted array batch %s of %s elements as %s job %s with %s (at most %s at once)",
+        batch, len(ti_ids), cluster.name, job_id, plan.resources.to_dict(), max_concurrent or "all",
+    )  # fmt: skip
+    return elements

@@ -2,7 +2,7 @@
 
 Listeners run inside the scheduler's loop. Resolving the Jobmon connection goes through Airflow's thread-local
 ORM session, which would detach the scheduler's own DagRun objects; so the listener copies the identifiers and
-does the work in a short-lived thread, with a session of its own.
+does the work in a short-lived thread, with a session of its own, waiting for it a bounded time.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
+JOIN_TIMEOUT_S = 10.0
 
 
 def _finish(dag_id: str, run_id: str, success: bool) -> None:
@@ -28,12 +29,12 @@ def _finish(dag_id: str, run_id: str, success: bool) -> None:
         log.info("Jobmon: workflow run %s of %s %s ended", wfr_id, dag_id, run_id)
 
 
-def _finish_in_thread(dag_run: Any, success: bool) -> threading.Thread:
+def _finish_in_thread(dag_run: Any, success: bool) -> None:
     thread = threading.Thread(
         target=_finish, args=(dag_run.dag_id, dag_run.run_id, success), name="jobmon-listener", daemon=True
     )
     thread.start()
-    return thread
+    thread.join(JOIN_TIMEOUT_S)  # a few ms normally; bounded so a slow state database cannot stall the scheduler
 
 
 @hookimpl

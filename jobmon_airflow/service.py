@@ -207,6 +207,7 @@ class BoundRun:
     workflow_id: int
     workflow_run_id: int
     new_run: bool
+    tool_version_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,7 @@ class JobmonService:
                 .limit(1)
             ).scalar()
             if alive is not None:
-                return BoundRun(wf.id, alive, new_run=False)
+                return BoundRun(wf.id, alive, new_run=False, tool_version_id=tv_id)
             if wf.status == states.WorkflowStatus.DONE:
                 # Re-running a finished DAG run (tasks cleared): Jobmon's reset, which bypasses the FSM.
                 s.execute(WF.update().where(WF.c.id == wf.id).values(status="G", status_date=now))
@@ -382,7 +383,7 @@ class JobmonService:
             for step in "LBIOR":
                 transition_workflow_run(s, wfr_id, step)
             log.info("Jobmon workflow %s: started workflow run %s", wf.id, wfr_id)
-            return BoundRun(wf.id, wfr_id, new_run=True)
+            return BoundRun(wf.id, wfr_id, new_run=True, tool_version_id=tv_id)
 
     def finish_workflow_run(self, dag_id: str, run_id: str, success: bool) -> int | None:
         """End the alive run of a DAG run: R→D when every task is done, else R→E (the workflow follows)."""
@@ -462,6 +463,146 @@ class JobmonService:
             for chunk in _chunks(updates):
                 s.execute(stmt, list(chunk))
             return [key_to_id[(t.airflow_task_id, t.map_index, t.node_args_hash)] for t in specs]
+
+    # -- templates and arrays ------------------------------------------------------------------------------------
+    def bind_task_template_version(
+        self,
+        tool_version_id: int,
+        name: str,
+        command_template: str,
+        arg_mapping_hash: str,
+        node_args: Sequence[str],
+        task_args: Sequence[str],
+        op_args: Sequence[str],
+    ) -> int:
+        """Tool version → task template → task template version (idempotent); returns the version's id."""
+        tt, ttv = _table(models.TaskTemplate), _table(models.TaskTemplateVersion)
+        template_hash = sha256(command_template)
+        with self.session() as s:
+            _insert_ignoring_duplicates(s, tt, [{"tool_version_id": tool_version_id, "name": name}])
+            tt_id = s.execute(
+                sa.select(tt.c.id).where(tt.c.tool_version_id == tool_version_id, tt.c.name == name)
+            ).scalar_one()
+            row = {
+                "task_template_id": tt_id,
+                "command_template": command_template,
+                "command_template_hash": template_hash,
+                "arg_mapping_hash": arg_mapping_hash,
+                "node_args": json.dumps(list(node_args)),
+                "task_args": json.dumps(list(task_args)),
+                "op_args": json.dumps(list(op_args)),
+            }
+            _insert_ignoring_duplicates(s, ttv, [row])
+            return int(
+                s.execute(
+                    sa.select(ttv.c.id).where(
+                        ttv.c.task_template_id == tt_id,
+                        ttv.c.command_template_hash == template_hash,
+                        ttv.c.arg_mapping_hash == arg_mapping_hash,
+                    )
+                ).scalar_one()
+            )
+
+    def bind_array(self, workflow_id: int, name: str, ttv_id: int | None, max_concurrently_running: int) -> int:
+        arr = _table(models.Array)
+        with self.session() as s:
+            _insert_ignoring_duplicates(
+                s,
+                arr,
+                [
+                    {
+                        "workflow_id": workflow_id,
+                        "name": name,
+                        "task_template_version_id": ttv_id,
+                        "max_concurrently_running": max_concurrently_running,
+                    }
+                ],
+            )
+            array_id = s.execute(
+                sa.select(arr.c.id).where(
+                    arr.c.workflow_id == workflow_id, arr.c.name == name, arr.c.task_template_version_id == ttv_id
+                )
+            ).scalar_one()
+            s.execute(
+                arr.update().where(arr.c.id == array_id).values(max_concurrently_running=max_concurrently_running)
+            )
+            return int(array_id)
+
+    def array_task_statuses(self, array_id: int) -> dict[int, str]:
+        """Every task of an array with its status (one query)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(TASK.c.id, TASK.c.status).where(TASK.c.array_id == array_id))
+            return {r.id: r.status for r in rows}
+
+    def array_live_instances(self, array_id: int) -> dict[int, str]:
+        """Instances of an array whose jobs may still be in the cluster: {instance id: job id}."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(TI.c.id, TI.c.distributor_id).where(
+                    TI.c.array_id == array_id, TI.c.status.in_(states.TASK_INSTANCE_LIVE)
+                )
+            )
+            return {r.id: r.distributor_id for r in rows if r.distributor_id}
+
+    def next_array_batch_num(self, array_id: int) -> int:
+        with self.engine.connect() as conn:
+            current = conn.execute(sa.select(sa.func.max(TI.c.array_batch_num)).where(TI.c.array_id == array_id))
+            return int(current.scalar() or 0) + 1
+
+    def active_task_count(self, workflow_id: int) -> int:
+        """Tasks of a workflow holding a place under its concurrency limit (Jobmon's Q/I/O/R)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(TASK.c.workflow_id == workflow_id, TASK.c.status.in_(list("QIOR")))
+                ).scalar_one()
+            )
+
+    def array_failures(self, array_id: int, limit: int = 20) -> list[dict[str, Any]]:
+        """Failed elements (task F) with their newest instance's status and last error."""
+        el = _table(models.TaskInstanceErrorLog)
+        with self.engine.connect() as conn:
+            tasks = conn.execute(
+                sa.select(TASK.c.id, TASK.c.name, TASK.c.num_attempts)
+                .where(TASK.c.array_id == array_id, TASK.c.status == "F")
+                .order_by(TASK.c.id)
+                .limit(limit)
+            ).all()
+            out = []
+            for t in tasks:  # at most `limit` rows: a report, not a scan
+                ti = conn.execute(
+                    sa.select(TI.c.id, TI.c.status, TI.c.distributor_id)
+                    .where(TI.c.task_id == t.id)
+                    .order_by(TI.c.id.desc())
+                    .limit(1)
+                ).one_or_none()
+                error = None
+                if ti is not None:
+                    error = conn.execute(
+                        sa.select(el.c.description)
+                        .where(el.c.task_instance_id == ti.id)
+                        .order_by(el.c.id.desc())
+                        .limit(1)
+                    ).scalar()
+                out.append(
+                    {
+                        "task_id": t.id,
+                        "name": t.name,
+                        "attempts": t.num_attempts,
+                        "status": ti.status if ti else None,
+                        "job_id": ti.distributor_id if ti else None,
+                        "error": (error or "")[-500:],
+                    }
+                )
+            return out
+
+    def task_commands(self, task_ids: Sequence[int]) -> dict[int, str]:
+        with self.engine.connect() as conn:
+            return {
+                r.id: r.command
+                for chunk in _chunks(list(task_ids))
+                for r in conn.execute(sa.select(TASK.c.id, TASK.c.command).where(TASK.c.id.in_(chunk)))
+            }
 
     def get_task(self, task_id: int) -> TaskView:
         with self.session() as s:

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, SharedWatcher, kill_task_instance
+from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, SharedWatcher, kill_instances, kill_task_instance
 
 
 class JobmonTaskTrigger(BaseTrigger):
@@ -57,3 +57,57 @@ class JobmonTaskTrigger(BaseTrigger):
             )
         except Exception:  # best effort, as Airflow's own on_kill implementations: log and carry on
             self.log.exception("Could not kill job %s of task instance %s", self.job_id, self.task_instance_id)
+
+
+class JobmonArrayTrigger(BaseTrigger):
+    """Waits until every live instance of a Jobmon array has ended (one shared poll for all of them).
+
+    The event carries only the outcomes the database does not already hold (exit records, accounting, lost
+    jobs), so it stays small for arrays of thousands of elements.
+    """
+
+    def __init__(
+        self,
+        array_id: int,
+        cluster: dict[str, Any],
+        jobmon_conn_id: str = "jobmon_default",
+        poll_interval: float = 10.0,
+        lost_grace_s: float = DEFAULT_LOST_GRACE_S,
+    ) -> None:
+        super().__init__()
+        self.array_id = array_id
+        self.cluster = cluster
+        self.jobmon_conn_id = jobmon_conn_id
+        self.poll_interval = poll_interval
+        self.lost_grace_s = lost_grace_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "jobmon_airflow.triggers.JobmonArrayTrigger",
+            {
+                "array_id": self.array_id,
+                "cluster": self.cluster,
+                "jobmon_conn_id": self.jobmon_conn_id,
+                "poll_interval": self.poll_interval,
+                "lost_grace_s": self.lost_grace_s,
+            },
+        )
+
+    async def _watcher(self) -> SharedWatcher:
+        return await SharedWatcher.get(self.jobmon_conn_id, self.cluster, self.poll_interval, self.lost_grace_s)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        watcher = await self._watcher()
+        live = await asyncio.to_thread(watcher.poller.service.array_live_instances, self.array_id)
+        events = await watcher.wait_many(live)
+        outcomes = [e for e in events.values() if e.get("source") != "database"]
+        yield TriggerEvent({"array_id": self.array_id, "ended": len(events), "outcomes": outcomes})
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: the user killed the deferred array task: delete every job of the array."""
+        watcher = await self._watcher()
+        try:
+            live = await asyncio.to_thread(watcher.poller.service.array_live_instances, self.array_id)
+            await asyncio.to_thread(kill_instances, watcher.poller.service, watcher.poller.cluster, live)
+        except Exception:  # best effort, logged
+            self.log.exception("Could not kill the jobs of Jobmon array %s", self.array_id)

@@ -188,6 +188,22 @@ class Poller:
         finally:
             self.watched.pop(ti_id, None)
 
+    def wait_all_blocking(self, jobs: Mapping[int, str], poll_interval: float) -> dict[int, dict[str, Any]]:
+        """Blocking mode for arrays: poll until every instance in {instance id: job id} has ended."""
+        self.watched.update({ti_id: _Watch(job_id) for ti_id, job_id in jobs.items()})
+        events: dict[int, dict[str, Any]] = {}
+        try:
+            while len(events) < len(jobs):
+                for ti_id, event in self.poll().items():
+                    events[ti_id] = event
+                    self.watched.pop(ti_id, None)
+                if len(events) < len(jobs):
+                    time.sleep(poll_interval)
+            return events
+        finally:
+            for ti_id in jobs:
+                self.watched.pop(ti_id, None)
+
 
 class SharedWatcher:
     """Every trigger of one process and event loop with the same database and cluster shares one poll loop."""
@@ -223,6 +239,11 @@ class SharedWatcher:
         finally:
             self.poller.watched.pop(ti_id, None)
 
+    async def wait_many(self, jobs: Mapping[int, str]) -> dict[int, dict[str, Any]]:
+        """Wait until every instance in {instance id: job id} has ended; their events by instance id."""
+        events = await asyncio.gather(*(self.wait(ti_id, job_id) for ti_id, job_id in jobs.items()))
+        return dict(zip(jobs, events, strict=True))
+
     async def _loop(self) -> None:
         while self.poller.watched:
             try:
@@ -250,3 +271,13 @@ def kill_task_instance(service: JobmonService, cluster: Cluster, ti_id: int, job
     if job_id:
         cluster.kill([job_id])
     service.end_killed([ti_id])
+
+
+def kill_instances(service: JobmonService, cluster: Cluster, jobs: Mapping[int, str]) -> None:
+    """Many instances at once (an array): K for all, one delete per cluster job (``qdel J`` takes every element
+    of array J), then the tasks fail."""
+    service.request_kill(list(jobs))
+    job_ids = sorted({job_id.split(".")[0] for job_id in jobs.values() if job_id})
+    if job_ids:
+        cluster.kill(job_ids)
+    service.end_killed(list(jobs))

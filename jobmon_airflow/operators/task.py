@@ -10,29 +10,24 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from jobmon_airflow import db, execution, states
-from jobmon_airflow.clusters import cluster_spec, get_cluster
-from jobmon_airflow.clusters.base import Cluster, SubmissionError
+from jobmon_airflow import execution, states
+from jobmon_airflow.clusters.base import SubmissionError
 from jobmon_airflow.hooks.jobmon import JobmonHook
+from jobmon_airflow.operators.base import JobmonBaseOperator, is_templated
 from jobmon_airflow.resources import ResourceError, Resources
-from jobmon_airflow.service import JobmonService, TaskSpec
+from jobmon_airflow.service import TaskSpec
 from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, Poller, kill_task_instance
 
 log = logging.getLogger(__name__)
 
 
-def _is_templated(value: Any) -> bool:
-    return "{{" in repr(value) or "{%" in repr(value)
-
-
-class JobmonTaskOperator(BaseOperator):
+class JobmonTaskOperator(JobmonBaseOperator):
     """Run ``command`` (a shell command line) as a cluster job tracked by Jobmon.
 
     :param command: the command line, run by bash on the node (templated).
@@ -94,7 +89,7 @@ class JobmonTaskOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.lost_grace_s = lost_grace_s
-        if not _is_templated(self.compute_resources):
+        if not is_templated(self.compute_resources):
             Resources.parse(self.compute_resources)  # bad values fail when the DAG is parsed, naming the field
         if self.resource_scales is not None:
             from jobmon_airflow.resources import scale_resources
@@ -102,34 +97,6 @@ class JobmonTaskOperator(BaseOperator):
             scale_resources(Resources(), self.resource_scales)
 
     # -- collaborators (built at run time, never at parse time) ---------------------------------------------------
-    @cached_property
-    def hook(self) -> JobmonHook:
-        return JobmonHook(self.jobmon_conn_id)
-
-    @cached_property
-    def service(self) -> JobmonService:
-        return self.hook.get_service()
-
-    @cached_property
-    def cluster_spec(self) -> dict[str, Any]:
-        return cluster_spec(self.cluster or self.hook.cluster_type, gridengine_conn_id=self.gridengine_conn_id)
-
-    @cached_property
-    def cluster_backend(self) -> Cluster:
-        return get_cluster(self.cluster_spec)
-
-    @cached_property
-    def _gridengine_hook(self) -> Any:
-        from jobmon_airflow.hooks.gridengine import GridEngineHook
-
-        return GridEngineHook(self.gridengine_conn_id) if self.cluster_spec["type"] == "gridengine" else None
-
-    @property
-    def _poll_interval(self) -> float:
-        if self.poll_interval is not None:
-            return float(self.poll_interval)
-        return float(self._gridengine_hook.poll_interval) if self._gridengine_hook else 10.0
-
     # -- run ------------------------------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
         try:
@@ -169,7 +136,7 @@ class JobmonTaskOperator(BaseOperator):
                 # Airflow runs a task Jobmon considers finished (D/F) only when a user cleared it: a new pass.
                 self.log.info("Jobmon task %s was %s: starting a new pass (attempts reset)", task_id, task.status)
                 svc.reset_tasks([task_id])
-            cluster_id = svc.cluster_id(self.cluster_spec["type"], self.cluster_spec["type"])
+            cluster_id = self.cluster_id
             try:
                 submission = execution.submit_task_instance(
                     svc,
@@ -182,7 +149,7 @@ class JobmonTaskOperator(BaseOperator):
                     requested=requested,
                     resource_scales=self.resource_scales,
                     fallback_queues=self.fallback_queues,
-                    log_dir=self._log_dir(run_id),
+                    log_dir=self.run_log_dir(run_id),
                     state_manager_url=self.hook.state_manager_url,
                     heartbeat_interval=self.heartbeat_interval,
                     try_number=ti.try_number,
@@ -193,7 +160,7 @@ class JobmonTaskOperator(BaseOperator):
         self._submission = submission
         if not self.deferrable:
             event = Poller(svc, cluster, self.lost_grace_s).wait_blocking(
-                submission.task_instance_id, submission.job_id, self._poll_interval
+                submission.task_instance_id, submission.job_id, self.resolved_poll_interval
             )
             return self.execute_complete(context, event)
         from jobmon_airflow.triggers import JobmonTaskTrigger
@@ -204,7 +171,7 @@ class JobmonTaskOperator(BaseOperator):
                 job_id=submission.job_id,
                 cluster=self.cluster_spec,
                 jobmon_conn_id=self.jobmon_conn_id,
-                poll_interval=self._poll_interval,
+                poll_interval=self.resolved_poll_interval,
                 lost_grace_s=self.lost_grace_s,
             ),
             method_name="execute_complete",
@@ -260,10 +227,6 @@ class JobmonTaskOperator(BaseOperator):
             kill_task_instance(self.service, self.cluster_backend, submission.task_instance_id, submission.job_id)
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def _log_dir(self, run_id: str) -> Path:
-        configured = self.log_dir or (self._gridengine_hook.log_dir if self._gridengine_hook else None)
-        root = Path(configured) if configured else db.jobmon_home() / "logs"
-        return root / execution.safe_path_part(self.dag_id) / execution.safe_path_part(run_id)
 
     def _tool_version(self) -> str:
         """The DAG's code version: a hash of its file, so a changed DAG binds a new tool version."""
