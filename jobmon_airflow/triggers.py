@@ -63,7 +63,8 @@ class JobmonArrayTrigger(BaseTrigger):
     """Waits until every live instance of a Jobmon array has ended (one shared poll for all of them).
 
     The event carries only the outcomes the database does not already hold (exit records, accounting, lost
-    jobs), so it stays small for arrays of thousands of elements.
+    jobs), so it stays small for arrays of thousands of elements, and ``carry``: what the operator needs to go on
+    (``dag.test()`` drops ``defer(kwargs=...)``, the event reaches the operator everywhere).
     """
 
     def __init__(
@@ -73,9 +74,11 @@ class JobmonArrayTrigger(BaseTrigger):
         jobmon_conn_id: str = "jobmon_default",
         poll_interval: float = 10.0,
         lost_grace_s: float = DEFAULT_LOST_GRACE_S,
+        carry: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.array_id = array_id
+        self.carry = carry or {}
         self.cluster = cluster
         self.jobmon_conn_id = jobmon_conn_id
         self.poll_interval = poll_interval
@@ -86,6 +89,7 @@ class JobmonArrayTrigger(BaseTrigger):
             "jobmon_airflow.triggers.JobmonArrayTrigger",
             {
                 "array_id": self.array_id,
+                "carry": self.carry,
                 "cluster": self.cluster,
                 "jobmon_conn_id": self.jobmon_conn_id,
                 "poll_interval": self.poll_interval,
@@ -101,7 +105,7 @@ class JobmonArrayTrigger(BaseTrigger):
         live = await asyncio.to_thread(watcher.poller.service.array_live_instances, self.array_id)
         events = await watcher.wait_many(live)
         outcomes = [e for e in events.values() if e.get("source") != "database"]
-        yield TriggerEvent({"array_id": self.array_id, "ended": len(events), "outcomes": outcomes})
+        yield TriggerEvent({"array_id": self.array_id, "carry": self.carry, "ended": len(events), "outcomes": outcomes})
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: the user killed the deferred array task: delete every job of the array."""

@@ -161,19 +161,18 @@ class JobmonArrayOperator(JobmonBaseOperator):
             svc.reset_tasks(finished)
         return self._advance(context, array_id, bound.workflow_id, bound.workflow_run_id, requested)
 
-    def execute_complete(
-        self,
-        context: Context,
-        event: dict[str, Any] | None = None,
-        array_id: int = 0,
-        workflow_id: int = 0,
-        workflow_run_id: int = 0,
-        requested: dict[str, Any] | None = None,
-    ) -> Any:
-        if not event or event.get("array_id") != array_id:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
+        carry = (event or {}).get("carry") or {}
+        if not event or "array_id" not in carry or event.get("array_id") != carry["array_id"]:
             raise AirflowException(f"Jobmon array trigger sent an unexpected event: {event!r}")
         self._apply(event.get("outcomes") or [])
-        return self._advance(context, array_id, workflow_id, workflow_run_id, Resources.parse(requested))
+        return self._advance(
+            context,
+            carry["array_id"],
+            carry["workflow_id"],
+            carry["workflow_run_id"],
+            Resources.parse(carry["requested"]),
+        )
 
     def _apply(self, outcomes: Sequence[Mapping[str, Any]]) -> None:
         """Outcomes learnt without the worker's report; the rest are already in the database."""
@@ -211,14 +210,14 @@ class JobmonArrayOperator(JobmonBaseOperator):
                         jobmon_conn_id=self.jobmon_conn_id,
                         poll_interval=self.resolved_poll_interval,
                         lost_grace_s=self.lost_grace_s,
+                        carry={
+                            "array_id": array_id,
+                            "workflow_id": workflow_id,
+                            "workflow_run_id": workflow_run_id,
+                            "requested": requested.to_dict(),
+                        },
                     ),
                     method_name="execute_complete",
-                    kwargs={
-                        "array_id": array_id,
-                        "workflow_id": workflow_id,
-                        "workflow_run_id": workflow_run_id,
-                        "requested": requested.to_dict(),
-                    },
                     timeout=self.execution_timeout,
                 )
             poller = Poller(svc, self.cluster_backend, self.lost_grace_s)
