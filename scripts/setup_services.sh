@@ -376,12 +376,14 @@ create_database() {
         sql+="
 CREATE USER IF NOT EXISTS '$DB_USER'@'$host' IDENTIFIED BY '$DB_PASSWORD';
 ALTER USER '$DB_USER'@'$host' IDENTIFIED BY '$DB_PASSWORD';
-GRANT ALL PRIVILEGES ON \`$DB_NAME\`.* TO '$DB_USER'@'$host';"
+GRANT ALL PRIVILEGES ON \`$DB_NAME\`.* TO '$DB_USER'@'$host';
+GRANT ALL PRIVILEGES ON \`${DB_NAME}\_test%\`.* TO '$DB_USER'@'$host';"
     done
     quiet mariadb -e "$sql FLUSH PRIVILEGES;"
-    quiet mariadb -h 127.0.0.1 -P 3306 -u "$DB_USER" "-p$DB_PASSWORD" "$DB_NAME" -e 'SELECT 1' ||
+    # The password goes in the environment, never on a command line (ps).
+    MYSQL_PWD="$DB_PASSWORD" quiet mariadb -h 127.0.0.1 -P 3306 -u "$DB_USER" "$DB_NAME" -e 'SELECT 1' ||
         die "cannot log in as $DB_USER over TCP 127.0.0.1:3306"
-    log "mariadb: database $DB_NAME and user $DB_USER ready (TCP login checked)"
+    log "mariadb: database $DB_NAME (and ${DB_NAME}_test* for test sessions) and user $DB_USER ready (TCP login checked)"
 }
 
 # ---------------------------------------------------------------------------------------------------------------

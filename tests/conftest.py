@@ -62,20 +62,30 @@ def gridengine() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def mariadb_url() -> str:
-    """SQLAlchemy URL of the MariaDB ``jobmon`` database."""
-    problem: str | None = None
-    try:
-        import sqlalchemy as sa
+def mariadb_url() -> Iterator[str]:
+    """SQLAlchemy URL of a fresh MariaDB database for this session (``jobmon_test_<random>``), dropped at the end.
 
-        engine = sa.create_engine(MARIADB_URL)
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-    except Exception as exc:  # any failure to connect means the service is not there
+    The server keeps its data between sessions (and CI runs on the developer's machine): a database of our own
+    keeps every session independent of what earlier ones left.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    problem: str | None = None
+    name = f"jobmon_test_{uuid.uuid4().hex[:12]}"
+    server = sa.engine.make_url(MARIADB_URL)
+    try:
+        admin = sa.create_engine(server)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
+    except Exception as exc:  # any failure to connect or create means the service is not there
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
     require_service(problem, "MariaDB")
-    return MARIADB_URL
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
 
 
 @pytest.fixture
