@@ -15,6 +15,25 @@ catch other groups is off by default), so a command in a group of its own would 
 interrupt the command alone (kill request), the worker signals the command's process tree, found through
 ``/proc``, never the whole group (that holds the job script and the worker too).
 
+Array mode: ``python -m jobmon_airflow.worker_node --array-manifest /logs/batch-12.manifest.json
+--state-manager-url URL --heartbeat-interval 90``. One Grid Engine array job (``qsub -t 1-N``) runs one batch of
+N task instances; every element runs this same argv and picks its own task instance by its element number
+``SGE_TASK_ID`` (1-based), then runs exactly as in single mode (distributor id ``JOB_ID.SGE_TASK_ID``).
+``--array-manifest`` excludes ``--task-instance-id/--token-file/--exit-record/--command-b64``. The manifest,
+written by the operator with ``write_array_manifest``, is JSON::
+
+    {"version": 1, "token_file": "/logs/.tokens/batch-12.token", "elements": [
+    {"task_instance_id": 101, "command_b64": "ZWNobyBoaQ==", "exit_record": "/logs/ti-101.exit.json"},
+    {"task_instance_id": 102, "command_b64": "ZXhpdCAz", "exit_record": "/logs/ti-102.exit.json"}
+    ]}
+
+Element i (``SGE_TASK_ID`` i) is ``elements[i-1]``; the token file holds one bearer token shared by the batch's
+instances (the manifest itself holds no secret). The writer puts element i on line i + 1, for people reading it; the
+worker parses JSON and does not rely on the layout. Every element reads the whole manifest, once, with one
+``json.load`` that keeps only its own element (a 10,000-element manifest: ~3.6 MB, parsed in ~11 ms). A missing,
+invalid or out-of-range ``SGE_TASK_ID``, or an unreadable manifest, is a set-up failure for which no exit record can
+be written (the element, hence its record, is unknown): it is logged to the job's .e file only.
+
 Exit code of the worker: the command's (128 + N when it died of signal N) so cluster accounting shows it; 198 on
 a set-up failure of the worker itself; 130 when the task was killed before the command started.
 """
@@ -38,9 +57,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger("jobmon_airflow.worker_node")
 
@@ -65,6 +84,7 @@ EXIT_CLASSES: dict[int, tuple[str, str]] = {
 }
 
 SETUP_FAILURE_EXIT = 198  # Jobmon's WORKER_NODE_ENV_FAILURE
+ARRAY_MANIFEST_VERSION = 1
 KILLED_BEFORE_START_EXIT = 130  # 128 + SIGINT: "interrupted on request", no command ran
 ERROR_MESSAGE_CHARS = 10_000  # stderr tail kept for the error message
 _TAIL_BYTES = 4 * ERROR_MESSAGE_CHARS  # enough bytes for 10,000 characters of any UTF-8 text
@@ -225,19 +245,28 @@ def _json_object(raw: bytes, action: str) -> dict[str, Any]:
 
 def write_exit_record(path: str, record: dict[str, Any]) -> bool:
     """Write ``record`` as JSON atomically (temp file in the same directory, fsync, rename); False on failure."""
+    try:
+        _write_atomically(path, json.dumps(record, indent=1))
+    except OSError as exc:
+        log.error("cannot write exit record %s: %s", path, exc)
+        return False
+    return True
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Temp file in the same directory, fsync, rename, fsync of the directory; OSError when it cannot be written."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(record, fh, indent=1)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        log.error("cannot write exit record %s: %s", path, exc)
+    except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        return False
+        raise
     try:  # make the rename itself durable; not every file system lets a directory be opened
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -246,7 +275,131 @@ def write_exit_record(path: str, record: dict[str, Any]) -> bool:
             os.close(dir_fd)
     except OSError:
         pass
-    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Array manifest (format in the module docstring)
+
+
+class ArrayElement(NamedTuple):
+    """One task instance of an array batch, as the operator gives it to ``write_array_manifest``."""
+
+    task_instance_id: int
+    command: str  # the shell command in clear; the manifest stores it base64-encoded
+    exit_record: str | os.PathLike[str]
+
+
+def write_array_manifest(
+    path: str | os.PathLike[str],
+    token_file: str | os.PathLike[str],
+    elements: Iterable[tuple[int, str, str | os.PathLike[str]]],
+) -> None:
+    """Write the manifest of one array batch atomically; ``elements`` in order, the first is ``SGE_TASK_ID`` 1.
+
+    Each element is an ``ArrayElement`` or a plain ``(task_instance_id, command, exit_record)`` tuple. Paths
+    must be absolute: the job does not start in the operator's directory. ValueError on a bad element, OSError
+    when the file cannot be written.
+    """
+    token_path = os.fspath(token_file)
+    if not os.path.isabs(token_path):
+        raise ValueError(f"token_file must be an absolute path, got {token_path!r}")
+    lines: list[str] = []
+    seen: set[int] = set()
+    for number, (ti_id, command, exit_record) in enumerate(elements, start=1):
+        record_path = os.fspath(exit_record)
+        if not isinstance(ti_id, int) or isinstance(ti_id, bool) or ti_id in seen:
+            raise ValueError(f"element {number}: task_instance_id must be a unique int, got {ti_id!r}")
+        if not isinstance(command, str):
+            raise ValueError(f"element {number}: command must be a str, got {type(command).__name__}")
+        if not os.path.isabs(record_path):
+            raise ValueError(f"element {number}: exit_record must be an absolute path, got {record_path!r}")
+        seen.add(ti_id)
+        command_b64 = base64.b64encode(command.encode()).decode()
+        lines.append(json.dumps({"task_instance_id": ti_id, "command_b64": command_b64, "exit_record": record_path}))
+    if not lines:
+        raise ValueError("an array manifest needs at least one element")
+    header = f'{{"version": {ARRAY_MANIFEST_VERSION}, "token_file": {json.dumps(token_path)}, "elements": [\n'
+    _write_atomically(os.fspath(path), header + ",\n".join(lines) + "\n]}\n")
+
+
+@dataclass(frozen=True)
+class ArrayTask:
+    """This array element's task instance, read from the manifest."""
+
+    number: int  # SGE_TASK_ID, 1-based
+    count: int  # elements in the manifest
+    task_instance_id: int
+    token_file: str
+    exit_record: str
+    command_b64: str
+
+
+def array_task_number(env: Mapping[str, str]) -> int:
+    """This element's 1-based number from ``SGE_TASK_ID``; SetupError when the job is not an array element."""
+    text = env.get("SGE_TASK_ID")
+    if text is None:
+        raise SetupError("SGE_TASK_ID is not set: --array-manifest needs an array job (qsub -t 1-N)")
+    text = text.strip()
+    if text == "undefined":
+        raise SetupError("SGE_TASK_ID is 'undefined': --array-manifest needs an array job (qsub -t 1-N)")
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise SetupError(f"SGE_TASK_ID must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def load_array_task(path: str, element: int) -> ArrayTask:
+    """Element ``element`` (1-based) of the manifest at ``path``; SetupError naming what is wrong.
+
+    One ``json.load`` whose hook drops every element but this one as soon as it is decoded, so memory stays at
+    the file's text plus one element. The hook only decides what is kept: the element is then taken by its
+    position in the list, so a miscount (a malformed element) gives an error, never another element.
+    """
+    decoded = 0
+    kept: dict[str, Any] | None = None
+
+    def keep_only_ours(obj: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal decoded, kept
+        if "task_instance_id" not in obj:
+            return obj  # the top-level object, or a malformed element (then caught below by its position)
+        decoded += 1
+        if decoded != element:
+            return None
+        kept = obj
+        return obj
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh, object_hook=keep_only_ours)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise SetupError(f"cannot read array manifest {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("version") != ARRAY_MANIFEST_VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        raise SetupError(f"array manifest {path}: version {version!r}, this worker reads {ARRAY_MANIFEST_VERSION}")
+    elements, token_file = data.get("elements"), data.get("token_file")
+    if not isinstance(elements, list) or not isinstance(token_file, str) or not token_file:
+        raise SetupError(f"array manifest {path}: needs a list 'elements' and a string 'token_file'")
+    if element > len(elements):
+        raise SetupError(f"SGE_TASK_ID {element} is out of range: array manifest {path} has {len(elements)} elements")
+    entry = kept
+    if entry is None or elements[element - 1] is not entry:
+        raise SetupError(f"array manifest {path}: element {element}, or one before it, has no 'task_instance_id'")
+    ti_id, command_b64, exit_record = entry.get("task_instance_id"), entry.get("command_b64"), entry.get("exit_record")
+    if not (type(ti_id) is int and isinstance(command_b64, str) and isinstance(exit_record, str) and exit_record):
+        raise SetupError(
+            f"array manifest {path}: element {element} needs an int 'task_instance_id' and strings 'command_b64' "
+            f"and 'exit_record', got {entry!r:.300}"
+        )
+    return ArrayTask(element, len(elements), ti_id, token_file, exit_record, command_b64)
+
+
+def _reset_peak_rss() -> None:
+    """Make the current RSS the peak again (Linux >= 4.0), forgetting the manifest's transient memory.
+
+    A child's max RSS starts from its parent's peak at fork/exec, so without this the manifest's text would be
+    counted in the max RSS reported for the command.
+    """
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -586,16 +739,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# Single mode: all four; array mode: none of them (they come from the manifest).
+_SINGLE_TASK_OPTIONS = ("--task-instance-id", "--token-file", "--exit-record", "--command-b64")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m jobmon_airflow.worker_node",
         description="Run one Jobmon task instance's command and report it to the State Manager.",
     )
-    parser.add_argument("--task-instance-id", type=int, required=True)
+    parser.add_argument(
+        "--array-manifest", help="array mode: the batch's JSON manifest; SGE_TASK_ID picks this job's element"
+    )
+    parser.add_argument("--task-instance-id", type=int)
     parser.add_argument("--state-manager-url", required=True, help="e.g. http://host:8790/jobmon")
-    parser.add_argument("--token-file", required=True, help="file holding the bearer token (never pass the token)")
-    parser.add_argument("--exit-record", required=True, help="JSON file the outcome is written to")
-    parser.add_argument("--command-b64", required=True, help="base64 of the UTF-8 shell command")
+    parser.add_argument("--token-file", help="file holding the bearer token (never pass the token)")
+    parser.add_argument("--exit-record", help="JSON file the outcome is written to")
+    parser.add_argument("--command-b64", help="base64 of the UTF-8 shell command")
     parser.add_argument("--heartbeat-interval", type=_positive_float, default=90.0, help="seconds (default 90)")
     parser.add_argument(
         "--interrupt-timeout", type=_positive_float, default=10.0, help="SIGINT to SIGKILL, seconds (default 10)"
@@ -605,6 +765,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-retry-seconds", type=float, default=30.0, help="retry budget of start and final reports, seconds"
     )
     return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and check that exactly one mode is given: SetupError otherwise."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = [opt for opt in _SINGLE_TASK_OPTIONS if getattr(args, opt[2:].replace("-", "_")) is not None]
+    if args.array_manifest is not None:
+        if given:
+            parser.error(f"--array-manifest excludes {', '.join(given)}: give one task or one array manifest")
+    elif not given:
+        parser.error(f"give --array-manifest, or {', '.join(_SINGLE_TASK_OPTIONS)}")
+    elif missing := [opt for opt in _SINGLE_TASK_OPTIONS if opt not in given]:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def _argv_value(argv: Sequence[str], option: str) -> str | None:
@@ -644,31 +819,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = socket.gethostname()
     job = distributor_id_from_env(os.environ)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
     except SetupError as exc:
-        _configure_logging(f"ti={_argv_value(argv, '--task-instance-id')} job={job} host={host}")
-        outcome = setup_failure(f"bad arguments: {exc}")
-        exit_record = _argv_value(argv, "--exit-record")
-        if exit_record:
-            ti = _argv_value(argv, "--task-instance-id")
-            write_exit_record(
-                exit_record,
-                {
-                    "task_instance_id": int(ti) if ti and ti.isdigit() else ti,
-                    "distributor_id": job,
-                    "status": outcome.status,
-                    "exit_status": outcome.exit_status,
-                    "error_message": outcome.error_message,
-                    "nodename": host,
-                    "usage": outcome.usage,
-                    "started_at": time.time(),
-                    "finished_at": time.time(),
-                    "reported": False,
-                },
-            )
-        return outcome.worker_exit
+        return _bad_arguments(argv, str(exc), job, host)
+    if args.array_manifest is not None:
+        return _run_array_element(args, job, host)
     _configure_logging(f"ti={args.task_instance_id} job={job} host={host}")
     return WorkerNode(args).run()
+
+
+def _run_array_element(args: argparse.Namespace, job: str | None, host: str) -> int:
+    """Find this element's task instance in the manifest, then run it exactly as a single task."""
+    _configure_logging(f"ti=? job={job} host={host}")
+    try:
+        task = load_array_task(args.array_manifest, array_task_number(os.environ))
+    except SetupError as exc:
+        log.error("no exit record can be written: this job's array element is unknown")
+        return setup_failure(str(exc)).worker_exit
+    _reset_peak_rss()
+    _configure_logging(f"ti={task.task_instance_id} job={job} host={host}")
+    log.info("array element %d of %d in %s", task.number, task.count, args.array_manifest)
+    last = os.environ.get("SGE_TASK_LAST", "")
+    if last.isdigit() and int(last) != task.count:
+        log.warning("the array job has %s elements, the manifest %d: wrong manifest?", last, task.count)
+    single = {
+        "task_instance_id": task.task_instance_id,
+        "token_file": task.token_file,
+        "exit_record": task.exit_record,
+        "command_b64": task.command_b64,
+    }
+    return WorkerNode(argparse.Namespace(**{**vars(args), **single})).run()
+
+
+def _bad_arguments(argv: Sequence[str], message: str, job: str | None, host: str) -> int:
+    """Set-up failure before parsing succeeded: exit record in ``--exit-record``, or else in the array element's."""
+    ti: str | int | None = _argv_value(argv, "--task-instance-id")
+    exit_record = _argv_value(argv, "--exit-record")
+    manifest = _argv_value(argv, "--array-manifest")
+    if not exit_record and manifest:
+        with contextlib.suppress(SetupError):
+            task = load_array_task(manifest, array_task_number(os.environ))
+            ti, exit_record = task.task_instance_id, task.exit_record
+    _configure_logging(f"ti={ti} job={job} host={host}")
+    outcome = setup_failure(f"bad arguments: {message}")
+    if exit_record:
+        write_exit_record(
+            exit_record,
+            {
+                "task_instance_id": int(ti) if isinstance(ti, str) and ti.isdigit() else ti,
+                "distributor_id": job,
+                "status": outcome.status,
+                "exit_status": outcome.exit_status,
+                "error_message": outcome.error_message,
+                "nodename": host,
+                "usage": outcome.usage,
+                "started_at": time.time(),
+                "finished_at": time.time(),
+                "reported": False,
+            },
+        )
+    return outcome.worker_exit
 
 
 if __name__ == "__main__":

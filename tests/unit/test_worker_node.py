@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +21,17 @@ from typing import Any
 import pytest
 
 from jobmon_airflow import worker_node
-from jobmon_airflow.worker_node import classify_exit, distributor_id_from_env, error_message, worker_exit_code
+from jobmon_airflow.worker_node import (
+    ArrayElement,
+    SetupError,
+    array_task_number,
+    classify_exit,
+    distributor_id_from_env,
+    error_message,
+    load_array_task,
+    worker_exit_code,
+    write_array_manifest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cr3t-token-for-tests-7f1c"
@@ -432,6 +443,227 @@ def test_undecodable_command_is_reported_fatal(tmp_path: Path, server: StateMana
     assert proc.returncode == 198
     assert server.actions() == ["log_error"]
     assert server.only("log_error").body["error_state"] == "F"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Array mode: one array job, one manifest, SGE_TASK_ID picks the element
+
+ARRAY_TI_IDS = (101, 102, 103)
+
+
+def write_batch(tmp_path: Path, commands: list[str]) -> Path:
+    """Token file and manifest of a batch of task instances 101, 102, ...; exit records ti-<id>.exit.json."""
+    token_file = tmp_path / "batch.token"
+    token_file.write_text(TOKEN)
+    manifest = tmp_path / "batch.manifest.json"
+    elements = [
+        ArrayElement(ti, command, tmp_path / f"ti-{ti}.exit.json")
+        for ti, command in zip(ARRAY_TI_IDS, commands, strict=False)
+    ]
+    write_array_manifest(manifest, token_file, elements)
+    return manifest
+
+
+def run_array_element(
+    manifest: Path, url: str | None, task_id: str | None, *, extra: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("SGE_TASK_")}
+    env.update(JOB_ID="4242", SGE_TASK_LAST="3")
+    if task_id is not None:
+        env["SGE_TASK_ID"] = task_id
+    argv = [sys.executable, "-m", "jobmon_airflow.worker_node", "--array-manifest", str(manifest)]
+    argv += ["--state-manager-url", url] if url else []
+    argv += ["--heartbeat-interval", "30", "--http-timeout", "2", "--http-retry-seconds", "1", *(extra or [])]
+    return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=20)
+
+
+def exit_records(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    return {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.exit.json")}
+
+
+def test_array_element_runs_its_own_task_instance(tmp_path: Path, server: StateManagerStub) -> None:
+    manifest = write_batch(
+        tmp_path, ["echo one", "echo two as $JOBMON_TASK_INSTANCE_ID", f"touch {tmp_path / 'three-ran'}"]
+    )
+    proc = run_array_element(manifest, server.url, "2")
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "two as 102\n"
+    assert not (tmp_path / "three-ran").exists()
+    assert server.actions() == ["log_running", "log_done"]
+    assert all(c.path.startswith("/jobmon/api/state/task_instance/102/") for c in server.calls)
+    assert all(c.headers["Authorization"] == f"Bearer {TOKEN}" for c in server.calls)  # the batch's shared token
+    assert server.only("log_running").body["distributor_id"] == "4242.2"
+    assert list(exit_records(tmp_path)) == ["ti-102.exit.json"]
+    record = exit_records(tmp_path)["ti-102.exit.json"]
+    assert record["task_instance_id"] == 102 and record["distributor_id"] == "4242.2"
+    assert record["status"] == "D" and record["reported"] is True
+    assert "array element 2 of 3" in proc.stderr and "ti=102 job=4242.2" in proc.stderr
+    assert "wrong manifest" not in proc.stderr and TOKEN not in proc.stderr
+
+
+def test_array_element_whose_command_fails_reports_its_own_error(tmp_path: Path, server: StateManagerStub) -> None:
+    manifest = write_batch(tmp_path, ["true", "true", "echo 'element three failed' >&2; exit 4"])
+    proc = run_array_element(manifest, server.url, "3")
+
+    assert proc.returncode == 4
+    assert server.actions() == ["log_running", "log_error"]
+    error = server.only("log_error")
+    assert error.path == "/jobmon/api/state/task_instance/103/log_error"
+    assert error.body["error_state"] == "E" and error.body["exit_status"] == 4
+    assert "element three failed" in error.body["error_message"]
+    records = exit_records(tmp_path)
+    assert list(records) == ["ti-103.exit.json"]
+    assert records["ti-103.exit.json"]["status"] == "E" and records["ti-103.exit.json"]["exit_status"] == 4
+    assert records["ti-103.exit.json"]["distributor_id"] == "4242.3"
+
+
+@pytest.mark.parametrize("task_id", ["4", "0", "undefined", "2x", None])
+def test_array_element_unknown_is_a_setup_failure_without_record(
+    tmp_path: Path, server: StateManagerStub, task_id: str | None
+) -> None:
+    manifest = write_batch(tmp_path, [f"touch {tmp_path / 'ran'}"] * 3)
+    proc = run_array_element(manifest, server.url, task_id)
+
+    assert proc.returncode == 198
+    assert server.calls == [] and not (tmp_path / "ran").exists()
+    assert exit_records(tmp_path) == {}
+    assert "SGE_TASK_ID" in proc.stderr and "no exit record can be written" in proc.stderr
+    if task_id == "4":
+        assert "out of range" in proc.stderr and "has 3 elements" in proc.stderr
+
+
+@pytest.mark.parametrize("both", [True, False], ids=["both-modes", "no-mode"])
+def test_exactly_one_mode_or_setup_failure(tmp_path: Path, server: StateManagerStub, both: bool) -> None:
+    manifest = write_batch(tmp_path, [f"touch {tmp_path / 'ran'}"] * 3)
+    record = tmp_path / "single.exit.json"
+    single = ["--task-instance-id", str(TI_ID), "--exit-record", str(record)]
+    if both:
+        extra = ["--token-file", str(tmp_path / "batch.token"), "--command-b64", base64.b64encode(b"true").decode()]
+        proc = run_array_element(manifest, server.url, "1", extra=single + extra)
+    else:
+        argv = [sys.executable, "-m", "jobmon_airflow.worker_node", "--state-manager-url", server.url]
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=20)
+
+    assert proc.returncode == 198
+    assert server.calls == [] and not (tmp_path / "ran").exists()
+    if both:
+        data = json.loads(record.read_text())  # --exit-record given: the failure is recorded there
+        assert data["status"] == "F" and data["task_instance_id"] == TI_ID
+        assert "--array-manifest excludes --task-instance-id" in data["error_message"]
+    else:
+        assert "give --array-manifest, or --task-instance-id" in proc.stderr
+
+
+def test_array_bad_arguments_are_recorded_in_the_elements_record(tmp_path: Path) -> None:
+    manifest = write_batch(tmp_path, ["true"] * 3)
+    proc = run_array_element(manifest, None, "3")  # no --state-manager-url
+
+    assert proc.returncode == 198
+    records = exit_records(tmp_path)
+    assert list(records) == ["ti-103.exit.json"]
+    data = records["ti-103.exit.json"]
+    assert data["status"] == "F" and data["task_instance_id"] == 103 and "--state-manager-url" in data["error_message"]
+
+
+def test_array_element_with_unreadable_token_file_records_the_failure(tmp_path: Path, server: StateManagerStub) -> None:
+    manifest = write_batch(tmp_path, ["true"] * 3)
+    (tmp_path / "batch.token").unlink()
+    proc = run_array_element(manifest, server.url, "1")
+
+    assert proc.returncode == 198
+    assert server.calls == []
+    data = exit_records(tmp_path)["ti-101.exit.json"]
+    assert data["status"] == "F" and "batch.token" in data["error_message"]
+
+
+def test_write_array_manifest_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "batch.manifest.json"
+    commands = ["echo 'a b' \"$HOME\"", "printf 'ünïcødé\\n'; exit 3", "multi\nline"]
+    elements: list[tuple[int, str, str | os.PathLike[str]]] = [
+        ArrayElement(7, commands[0], tmp_path / "ti-7.exit.json"),
+        (9, commands[1], str(tmp_path / "ti-9.exit.json")),  # a plain tuple works too
+        ArrayElement(8, commands[2], tmp_path / "ti-8.exit.json"),
+    ]
+    write_array_manifest(path, tmp_path / "batch.token", elements)
+
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and data["token_file"] == str(tmp_path / "batch.token")
+    assert [e["task_instance_id"] for e in data["elements"]] == [7, 9, 8]  # order as given, not sorted
+    assert [base64.b64decode(e["command_b64"]).decode() for e in data["elements"]] == commands
+    assert path.read_text().splitlines()[2].rstrip(",") == json.dumps(data["elements"][1])  # element i: line i + 1
+    for number, (ti, command, exit_record) in enumerate(elements, start=1):
+        task = load_array_task(str(path), number)
+        assert (task.number, task.count, task.task_instance_id) == (number, 3, ti)
+        assert base64.b64decode(task.command_b64).decode() == command and task.exit_record == str(exit_record)
+        assert task.token_file == str(tmp_path / "batch.token")
+    assert [p.name for p in tmp_path.iterdir()] == ["batch.manifest.json"]  # no temp file left behind
+
+    write_array_manifest(path, tmp_path / "batch.token", elements[:1])  # rewriting replaces the file
+    assert load_array_task(str(path), 1).count == 1
+
+
+@pytest.mark.parametrize(
+    ("token_file", "elements", "complaint"),
+    [
+        ("relative.token", [(1, "true", "/abs/ti-1.exit.json")], "token_file must be an absolute path"),
+        ("/abs/b.token", [(1, "true", "ti-1.exit.json")], "element 1: exit_record must be an absolute path"),
+        (
+            "/abs/b.token",
+            [(1, "true", "/a/1"), (1, "true", "/a/2")],
+            "element 2: task_instance_id must be a unique int",
+        ),
+        ("/abs/b.token", [("1", "true", "/a/1")], "element 1: task_instance_id must be a unique int"),
+        ("/abs/b.token", [], "at least one element"),
+    ],
+)
+def test_write_array_manifest_refuses_bad_input(
+    tmp_path: Path, token_file: str, elements: list[tuple[Any, str, str]], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        write_array_manifest(tmp_path / "m.json", token_file, elements)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_large_manifest_keeps_only_its_own_element(tmp_path: Path) -> None:
+    path = tmp_path / "big.manifest.json"
+    elements = [(1000 + i, f"run_task --location {i}", f"/logs/ti-{1000 + i}.exit.json") for i in range(10_000)]
+    write_array_manifest(path, "/logs/.tokens/b.token", elements)
+
+    task = load_array_task(str(path), 9_999)
+    assert task.task_instance_id == 10_998 and base64.b64decode(task.command_b64) == b"run_task --location 9998"
+    with pytest.raises(SetupError, match=r"out of range: .* has 10000 elements"):
+        load_array_task(str(path), 10_001)
+
+
+def test_malformed_manifest_never_yields_another_element(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    good = {"command_b64": "dHJ1ZQ==", "exit_record": "/x"}
+    elements = [{"task_instance_id": 1, **good}, {"id": 2, **good}, {"task_instance_id": 3, **good}]
+    path.write_text(json.dumps({"version": 1, "token_file": "/t", "elements": elements}))
+
+    assert load_array_task(str(path), 1).task_instance_id == 1
+    for number in (2, 3):  # element 2 lacks its id; element 3 must not be mistaken for it
+        with pytest.raises(SetupError, match="has no 'task_instance_id'"):
+            load_array_task(str(path), number)
+    path.write_text(json.dumps({"version": 2, "token_file": "/t", "elements": elements}))
+    with pytest.raises(SetupError, match="version 2, this worker reads 1"):
+        load_array_task(str(path), 1)
+    path.write_text("{not json")
+    with pytest.raises(SetupError, match="cannot read array manifest"):
+        load_array_task(str(path), 1)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({"SGE_TASK_ID": "1"}, 1), ({"SGE_TASK_ID": " 12 "}, 12), ({"SGE_TASK_ID": "1_0"}, None), ({}, None)],
+)
+def test_array_task_number(env: dict[str, str], expected: int | None) -> None:
+    if expected is None:
+        with pytest.raises(SetupError, match="SGE_TASK_ID"):
+            array_task_number(env)
+    else:
+        assert array_task_number(env) == expected
 
 
 # ---------------------------------------------------------------------------------------------------------------
