@@ -336,3 +336,61 @@ def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: JobmonService, da
     assert 0 < len(qstat_calls) <= elapsed / 0.5 + 2
     gaps = [b - a for a, b in itertools.pairwise(qstat_calls)]
     assert all(g >= 0.45 for g in gaps), gaps
+
+
+def test_array_of_twenty_recovers_failures_and_a_memory_kill(
+    service: JobmonService, dag_id: str, tmp_path: Path
+) -> None:
+    from jobmon_airflow.operators import JobmonArrayOperator
+    from tests.integration.arrays import assert_twenty_elements_recovered, element_template
+
+    template, args = element_template(tmp_path)
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        JobmonArrayOperator(
+            task_id="elements",
+            task_template=template,
+            node_args={"i": list(range(20))},
+            task_args={"folder": args["folder"]},
+            op_args={"python": args["python"], "script": args["script"], "hold": 10},  # execd samples every few s
+            poll_interval=1,
+        )
+    dag_run: Any = run_dag(dag)
+    assert str(dag_run.state) == "success"
+    assert_twenty_elements_recovered(service, dag_id)
+
+
+def test_array_tc_caps_running_elements_in_accounting(service: JobmonService, dag_id: str) -> None:
+    from jobmon_airflow.operators import JobmonArrayOperator
+    from jobmon_airflow.templates import TaskTemplate
+    from tests.integration.arrays import array_instances
+
+    tt = TaskTemplate(name="nap", command_template="sleep {seconds} # {i}", node_args=["i"], op_args=["seconds"])
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        JobmonArrayOperator(
+            task_id="naps",
+            task_template=tt,
+            node_args={"i": list(range(4))},
+            op_args={"seconds": 3},
+            max_concurrently_running=1,  # the cluster has 2 slots: -tc 1 is what keeps them apart
+            poll_interval=1,
+        )
+    dag_run: Any = run_dag(dag)
+    assert str(dag_run.state) == "success"
+    rows = array_instances(service, dag_id)
+    infos = [accounting(r["distributor_id"]) for r in rows]
+    spans = sorted((i.start_time, i.end_time) for i in infos)
+    assert len(spans) == 4
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans)), spans
+
+
+def test_mapped_task_operator_on_grid_engine(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        JobmonTaskOperator.partial(task_id="mapped", **FAST).expand(
+            command=[f"echo $JOB_ID > {tmp_path}/out_{i}" for i in range(3)]
+        )
+    dag_run: Any = run_dag(dag)
+    assert str(dag_run.state) == "success"
+    (row,) = service.workflow_status(dag_id=dag_id)
+    tasks = service.workflow_tasks(row["WF_ID"])
+    assert sorted(t["TASK_NAME"] for t in tasks) == ["mapped[0]", "mapped[1]", "mapped[2]"]
+    assert sorted(p.read_text().strip() for p in tmp_path.glob("out_*")) == sorted(t["DISTRIBUTOR_ID"] for t in tasks)
