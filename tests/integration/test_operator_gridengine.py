@@ -222,6 +222,10 @@ def test_killing_the_deferred_task_deletes_the_sge_job(service: JobmonService, d
     async def scenario() -> Any:
         waiting = asyncio.create_task(anext(trigger.run()))
         await asyncio.to_thread(wait_for, lambda: service.status_of(trigger.task_instance_id) == "R")
+        # The worker authenticated, yet its token is nowhere in what Grid Engine shows about the job.
+        token = next(Path(service.task_instance(trigger.task_instance_id).exit_record).parent.rglob("*.token"))
+        details = subprocess.run(["qstat", "-j", trigger.job_id], capture_output=True, text=True).stdout
+        assert trigger.job_id in details and token.read_text() not in details
         await trigger.on_kill()
         return (await asyncio.wait_for(waiting, 30)).payload
 

@@ -306,3 +306,33 @@ def test_fatal_error_fails_without_retry(service: JobmonService) -> None:
     (attempt,) = instances(service, "jobmon_fatal", "doomed")  # one attempt, no retry
     assert (attempt["status"], attempt["task_status"]) == ("F", "F")
     assert any("wrong environment" in e for e in attempt["errors"])
+
+
+def test_token_appears_in_no_command_line_and_no_environment(service: JobmonService) -> None:
+    from pathlib import Path as _Path
+
+    with DAG("jobmon_token_hidden", schedule=None, start_date=datetime(2026, 1, 1)):
+        op = JobmonTaskOperator(task_id="sleeper", command="sleep 30", poll_interval=0.5)
+    trigger = _execute_until_deferred(op, "token-hidden")
+    ti_id = trigger.task_instance_id
+    try:
+        _wait_for(lambda: service.status_of(ti_id) == "R")  # the worker authenticated with the token
+        token_files = list((db.jobmon_home() / "logs").rglob(f"ti-{ti_id}.token"))
+        (token_file,) = token_files
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        token = token_file.read_text().encode()
+        seen = []
+        for proc in _Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            for part in ("cmdline", "environ"):
+                try:
+                    if token in (proc / part).read_bytes():
+                        seen.append((proc.name, part))
+                except OSError:
+                    continue  # gone, or not ours to read
+        assert seen == []
+    finally:
+        from jobmon_airflow.watch import kill_task_instance
+
+        kill_task_instance(service, op.cluster_backend, ti_id, trigger.job_id)
