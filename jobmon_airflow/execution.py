@@ -88,18 +88,32 @@ def array_worker_argv(
     ]  # fmt: skip
 
 
-def reattach(service: JobmonService, cluster: Cluster, task_id: int) -> Submission | None:
+def job_name(ti_id: int, task_name: str) -> str:
+    """The cluster job's name: the instance id first, so the job can be found again by name alone."""
+    return f"ti{ti_id}.{task_name}"
+
+
+def reattach(service: JobmonService, cluster: Cluster, task_id: int, task_name: str) -> Submission | None:
     """A live job of this task from an earlier try or a crashed worker: adopt it instead of submitting twice."""
     live = service.live_task_instance(task_id)
     if live is None:
         return None
-    if live.status == states.TaskInstanceStatus.KILL_SELF or not live.distributor_id:
-        # Killed on purpose, or the submission was interrupted before the job id was stored: not adoptable.
+    if live.status == states.TaskInstanceStatus.KILL_SELF:
         if live.distributor_id:
-            cluster.kill([live.distributor_id])
-        if live.status != states.TaskInstanceStatus.KILL_SELF:
-            service.log_no_distributor_id([live.id], "submission interrupted before the job id was recorded")
+            cluster.kill([live.distributor_id])  # killed on purpose: make sure, and start afresh
         return None
+    if not live.distributor_id:
+        # The submitter died between qsub and storing the job id: the job's name still leads to it.
+        found = cluster.find_jobs(job_name(live.id, task_name))
+        if len(found) != 1:
+            service.log_no_distributor_id([live.id], f"submission interrupted; jobs found by name: {found}")
+            if found:
+                cluster.kill(found)
+            return None
+        log.info("Found job %s of task instance %s by its name", found[0], live.id)
+        service.log_distributor_ids({live.id: found[0]})
+        live = service.task_instance(live.id)
+        assert live.distributor_id is not None
     state = cluster.statuses([live.distributor_id])[live.distributor_id].state
     log.info(
         "Re-attaching to job %s of task instance %s (status %s, cluster says %s)",
@@ -146,7 +160,7 @@ def submit_task_instance(
     exit_record = log_dir / f"ti-{ti_id}.exit.json"
     service.instantiate([ti_id], {ti_id: hash_token(token)}, {ti_id: {"exit_record": str(exit_record)}})
     job = JobRequest(
-        name=name,
+        name=job_name(ti_id, name),
         argv=worker_argv(
             ti_id, command, state_manager_url, token_file, exit_record, heartbeat_interval, http_retry_seconds
         ),

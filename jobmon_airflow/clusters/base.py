@@ -32,6 +32,7 @@ class JobStatus:
     state: JobState
     raw: str = ""  # the batch system's own letters, e.g. "Eqw"
     reason: str | None = None  # e.g. Eqw's error reason
+    name: str = ""  # the job's name as the batch system shows it
 
 
 class ExitKind(StrEnum):
@@ -97,6 +98,11 @@ class Cluster(Protocol):
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         """One batch-system query for all ids; ids not in the queue come back as GONE."""
+        ...
+
+    def find_jobs(self, name: str) -> list[str]:
+        """Ids of jobs still in the queue that were submitted under ``name`` (one listing): re-attach when the
+        submitter died between the submission and storing the job id."""
         ...
 
     def exit_info(self, job_ids: Iterable[str]) -> dict[str, ExitInfo]:

@@ -345,8 +345,9 @@ def parse_qstat_xml(text: str) -> dict[str, JobStatus]:
             ids = [f"{number}.{t}" for t in expand_task_ranges(tasks)] if tasks else [number]
         except ValueError as exc:
             raise ClusterError(f"qstat -xml: job {number}: {exc}") from None
+        name = (entry.findtext("JB_name") or "").strip()
         for job_id in ids:
-            out[job_id] = JobStatus(job_id, state, raw)
+            out[job_id] = JobStatus(job_id, state, raw, name=name)
     return out
 
 
@@ -812,6 +813,14 @@ class GridEngineCluster:
                 reason = reasons.get(i) or next((r for k, r in reasons.items() if k.startswith(f"{i}.")), None)
                 out[i] = replace(out[i], reason=reason)
         return out
+
+    def find_jobs(self, name: str) -> list[str]:
+        """Jobs in the queue named ``name`` (as :func:`safe_job_name` makes it), from one ``qstat -xml``."""
+        proc = self._run(["qstat", "-u", "*", "-xml"])
+        if proc.returncode != 0:
+            raise ClusterError(f"qstat -xml failed (exit {proc.returncode}): {self._output(proc)}")
+        wanted = safe_job_name(name)
+        return sorted({i.partition(".")[0] for i, st in parse_qstat_xml(proc.stdout).items() if st.name == wanted})
 
     def _error_reasons(self, job_ids: Sequence[str]) -> dict[str, str]:
         numbers = sorted({i.partition(".")[0] for i in job_ids}, key=int)

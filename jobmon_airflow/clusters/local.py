@@ -247,6 +247,15 @@ class LocalCluster:
             for state, raw in [view.state(element)]
         }
 
+    def find_jobs(self, name: str) -> list[str]:
+        """Jobs not yet ended that were submitted under ``name`` (a scan of the job directories)."""
+        found = []
+        for job_dir in self.jobs_dir.iterdir():
+            spec = read_json(job_dir / SPEC)
+            if spec is not None and spec.get("name") == name and self._view(job_dir.name).alive:
+                found.append(job_dir.name)
+        return sorted(found, key=int)
+
     def exit_info(self, job_ids: Iterable[str]) -> dict[str, ExitInfo]:
         """Records of ended elements; LOST for a dead shepherd without one. An array's own id is left out."""
         out: dict[str, ExitInfo] = {}

@@ -129,7 +129,7 @@ class JobmonTaskOperator(JobmonBaseOperator):
                 )
             ],
         )
-        submission = execution.reattach(svc, cluster, task_id)
+        submission = execution.reattach(svc, cluster, task_id, task_name)
         if submission is None:
             task = svc.get_task(task_id)
             if task.status not in (states.TaskStatus.REGISTERING, states.TaskStatus.ADJUSTING_RESOURCES):

@@ -398,3 +398,17 @@ def test_mapped_task_operator_on_grid_engine(service: JobmonService, dag_id: str
     tasks = service.workflow_tasks(row["WF_ID"])
     assert sorted(t["TASK_NAME"] for t in tasks) == ["mapped[0]", "mapped[1]", "mapped[2]"]
     assert sorted(p.read_text().strip() for p in tmp_path.glob("out_*")) == sorted(t["DISTRIBUTOR_ID"] for t in tasks)
+
+
+def test_find_jobs_by_name_on_grid_engine(gridengine: dict[str, str], tmp_path: Path) -> None:
+    from jobmon_airflow.clusters.base import JobRequest
+    from jobmon_airflow.resources import Resources
+
+    cluster = GridEngineCluster()
+    name = f"ti{uuid.uuid4().int % 10**9}.find-me"
+    job_id = cluster.submit(JobRequest(name, ["sleep", "30"], Resources(), tmp_path))
+    try:
+        assert cluster.find_jobs(name) == [job_id]
+        assert cluster.find_jobs(name + "x") == []
+    finally:
+        cluster.kill([job_id])

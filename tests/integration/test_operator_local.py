@@ -336,3 +336,30 @@ def test_token_appears_in_no_command_line_and_no_environment(service: JobmonServ
         from jobmon_airflow.watch import kill_task_instance
 
         kill_task_instance(service, op.cluster_backend, ti_id, trigger.job_id)
+
+
+def test_crash_between_submission_and_storing_the_job_id_reattaches_by_job_name(
+    service: JobmonService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobmon_airflow.clusters.local import LocalCluster
+
+    def make() -> JobmonTaskOperator:
+        with DAG("jobmon_crash_window", schedule=None, start_date=datetime(2026, 1, 1)):
+            return JobmonTaskOperator(task_id="orphan", command="sleep 2", poll_interval=0.5, heartbeat_interval=60)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the Airflow worker died right after qsub")
+
+    with monkeypatch.context() as m:
+        m.setattr(JobmonService, "log_distributor_ids", crash)
+        context: Any = {"ti": SimpleNamespace(try_number=1, map_index=-1), "run_id": "crash"}
+        with pytest.raises(RuntimeError, match="died right after qsub"):
+            make().execute(context)
+    (orphan,) = instances(service, "jobmon_crash_window", "orphan")
+    trigger = _execute_until_deferred(make(), "crash")  # the retry finds the job by its name
+    (adopted,) = instances(service, "jobmon_crash_window", "orphan")
+    assert adopted["id"] == orphan["id"] == trigger.task_instance_id
+    cluster = LocalCluster(db.jobmon_home() / "local-cluster")
+    assert cluster.find_jobs(f"ti{orphan['id']}.orphan") in ([trigger.job_id], [])  # one job, maybe already done
+    event = asyncio.run(asyncio.wait_for(anext(trigger.run()), 30)).payload
+    assert event["status"] == "D"

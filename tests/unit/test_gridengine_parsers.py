@@ -609,3 +609,8 @@ def test_kill_tolerates_gone_jobs_but_not_other_errors() -> None:
     with pytest.raises(ValueError, match="not a Grid Engine job id"):
         broken.kill(["-u", "root"])
     RecordedCluster({}).kill([])  # nothing to do: no command
+
+
+def test_qstat_xml_keeps_job_names_for_reattach_by_name() -> None:
+    listed = parse_qstat_xml((DATA / "qstat_mixed.xml").read_text())
+    assert listed and all(status.name for status in listed.values())
