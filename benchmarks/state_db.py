@@ -1,0 +1,227 @@
+"""c. The state database on MariaDB: bulk bind, bulk transitions, heartbeats (service calls, and over HTTP).
+
+Each figure has a floor measured beside it in the same run: the same rows written with plain SQLAlchemy core
+statements (no state machine, no row locks), so the ratio shows what Jobmon's own bookkeeping costs.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import http.client
+import io
+import json
+import pstats
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks.common import RESULTS, fresh_database, log
+
+DB = "jobmon_test_bench_db"
+
+
+def _specs(n: int, prefix: str) -> list[Any]:
+    from jobmon_airflow.service import TaskSpec
+
+    return [
+        TaskSpec(airflow_task_id=f"{prefix}", name=f"{prefix}[{i}]", command=f"echo {i}", map_index=i)
+        for i in range(n)
+    ]
+
+
+def _profile(fn: Callable[[], Any], name: str, top: int = 30) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
+    path = RESULTS / f"profile_{name}.txt"
+    path.write_text(buf.getvalue())
+    return str(path.relative_to(RESULTS.parent.parent))
+
+
+def _threads(n_threads: int, seconds: float, work: Callable[[int, int], None]) -> int:
+    """Run ``work(thread, i)`` in ``n_threads`` threads for ``seconds``; total calls."""
+    counts = [0] * n_threads
+    stop = time.monotonic() + seconds
+    errors: list[BaseException] = []
+
+    def loop(t: int) -> None:
+        i = 0
+        try:
+            while time.monotonic() < stop:
+                work(t, i)
+                i += 1
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        counts[t] = i
+
+    threads = [threading.Thread(target=loop, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return sum(counts)
+
+
+def run(bind_size: int = 100_000, transition_size: int = 20_000, threads: int = 8, seconds: float = 10.0,
+        profile: bool = True) -> dict[str, Any]:  # fmt: skip
+    import sqlalchemy as sa
+
+    from jobmon_airflow import db
+    from jobmon_airflow.resources import QueueLimits, Resources
+    from jobmon_airflow.service import TASK, TI, JobmonService, hash_token, transition_task_instances
+
+    url = fresh_database(DB)
+    engine = db.get_engine(url)
+    db.ensure_schema(engine)
+    svc = JobmonService(engine)
+    out: dict[str, Any] = {"database": DB, "threads": threads}
+
+    # -- bind -----------------------------------------------------------------------------------------------------
+    wf = svc.bind_workflow_run(dag_id="bench_bind", run_id="r1")
+    specs = _specs(bind_size, "bind")
+    t0 = time.perf_counter()
+    ids = svc.bind_tasks(wf.workflow_id, specs)
+    bind_s = time.perf_counter() - t0
+    assert len(set(ids)) == bind_size
+    t0 = time.perf_counter()
+    again = svc.bind_tasks(wf.workflow_id, specs)  # idempotent re-bind (a DAG re-parse / retry of the operator)
+    rebind_s = time.perf_counter() - t0
+    assert again == ids
+    # Floor: the same rows, one plain executemany INSERT in chunks of 1000, no read-back, no update pass.
+    wf2 = svc.bind_workflow_run(dag_id="bench_bind_floor", run_id="r1")
+    now = sa.func.now()
+    rows = [
+        {"workflow_id": wf2.workflow_id, "airflow_task_id": "floor", "map_index": i, "node_args_hash": "",
+         "task_args_hash": "", "name": f"floor[{i}]", "command": f"echo {i}", "max_attempts": 3,
+         "fallback_queues": "[]", "num_attempts": 0, "status": "G"}
+        for i in range(bind_size)
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        for i in range(0, len(rows), 1000):
+            conn.execute(TASK.insert().values(status_date=now), rows[i : i + 1000])
+    floor_s = time.perf_counter() - t0
+    out["bind"] = {
+        "tasks": bind_size,
+        "bind_tasks_s": round(bind_s, 2),
+        "tasks_per_s": round(bind_size / bind_s),
+        "rebind_same_tasks_s": round(rebind_s, 2),
+        "plain_insert_floor_s": round(floor_s, 2),
+        "ratio_bind_to_plain_insert": round(bind_s / floor_s, 2),
+        "target_s": 10.0,
+        "meets_target": bind_s <= 10.0,
+    }
+    log(f"bind {bind_size}: {bind_s:.2f}s (plain insert {floor_s:.2f}s, rebind {rebind_s:.2f}s)")
+    if profile:
+        wf3 = svc.bind_workflow_run(dag_id="bench_bind_profiled", run_id="r1")
+        specs3 = _specs(bind_size, "prof")
+        out["bind"]["profile"] = _profile(lambda: svc.bind_tasks(wf3.workflow_id, specs3), "bind_100k")
+
+    # -- transitions ------------------------------------------------------------------------------------------------
+    cluster_id = svc.cluster_id("gridengine", "gridengine")
+    queue = QueueLimits(name="all.q", max_cores=2, max_memory=4.0, max_runtime=86400)
+    task_ids = ids[:transition_size]
+    steps: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ti_ids = svc.queue_task_instances(wf.workflow_run_id, cluster_id, task_ids, Resources(), "O", queue)
+    steps["G->Q queue_task_instances (task + new instance)"] = time.perf_counter() - t0
+    for new in "IORD":
+        t0 = time.perf_counter()
+        with svc.session() as s:
+            changed = transition_task_instances(s, ti_ids, new)
+        steps[f"->{new} transition_task_instances"] = time.perf_counter() - t0
+        assert len(changed) == len(ti_ids), (new, len(changed))
+    total = sum(steps.values())
+    # Floor: the same number of rows, four plain UPDATE ... WHERE id IN (chunk) of the instance table's status.
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        for status in "IORD":
+            for i in range(0, len(ti_ids), 1000):
+                conn.execute(TI.update().where(TI.c.id.in_(ti_ids[i : i + 1000])).values(status=status))
+    floor_tr = time.perf_counter() - t0
+    out["transitions"] = {
+        "rows": transition_size,
+        "steps_s": {k: round(v, 2) for k, v in steps.items()},
+        "rows_per_s_per_step": {k: round(transition_size / v) for k, v in steps.items()},
+        "instance_transitions_per_s": round(4 * transition_size / sum(v for k, v in steps.items() if "->" in k[:3])),
+        "all_five_steps_s": round(total, 2),
+        "plain_update_floor_4_steps_s": round(floor_tr, 2),
+        "ratio_transitions_to_plain_update": round(
+            sum(v for k, v in steps.items() if k.startswith("->")) / floor_tr, 2
+        ),
+    }
+    log(f"transitions {transition_size} rows: {steps}")
+
+    # -- heartbeats -------------------------------------------------------------------------------------------------
+    hb_tasks = ids[transition_size : transition_size + 1000]
+    hb_ti = svc.queue_task_instances(wf.workflow_run_id, cluster_id, hb_tasks, Resources(), "O", queue)
+    token = "bench-token"
+    svc.instantiate(hb_ti, dict.fromkeys(hb_ti, hash_token(token)), {})
+    with svc.session() as s:
+        for new in "OR":
+            transition_task_instances(s, hb_ti, new)
+    per_thread: list[Sequence[int]] = [hb_ti[t::threads] for t in range(threads)]
+
+    def heartbeat(t: int, i: int) -> None:
+        ids_t = per_thread[t]
+        assert svc.log_report_by(ids_t[i % len(ids_t)], 270.0) == "R"
+
+    def floor_heartbeat(t: int, i: int) -> None:
+        ids_t = per_thread[t]
+        with engine.begin() as conn:
+            conn.execute(TI.update().where(TI.c.id == ids_t[i % len(ids_t)]).values(report_by_date=sa.func.now()))
+
+    calls = _threads(threads, seconds, heartbeat)
+    floor_calls = _threads(threads, seconds, floor_heartbeat)
+    out["heartbeats"] = {
+        "path": "JobmonService.log_report_by (in process, one transaction with SELECT ... FOR UPDATE each)",
+        "seconds": seconds,
+        "calls": calls,
+        "per_s": round(calls / seconds),
+        "plain_single_row_update_per_s": round(floor_calls / seconds),
+        "ratio_to_plain_update": round(calls / floor_calls, 2),
+        "target_per_s": 2000,
+        "meets_target": calls / seconds >= 2000,
+    }
+    log(f"heartbeats: {calls / seconds:.0f}/s (plain update {floor_calls / seconds:.0f}/s)")
+
+    # -- heartbeats over HTTP through the State Manager (uvicorn, one process) ---------------------------------------
+    from benchmarks.common import free_port
+    from jobmon_airflow.server.app import start_in_thread
+
+    port = free_port()
+    server = start_in_thread(port, url)
+    try:
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(threads)]
+        body = json.dumps({"next_report_increment": 270.0})
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+        def http_heartbeat(t: int, i: int) -> None:
+            ids_t = per_thread[t]
+            conns[t].request("POST", f"/jobmon/api/state/task_instance/{ids_t[i % len(ids_t)]}/log_report_by",
+                             body=body, headers=headers)  # fmt: skip
+            resp = conns[t].getresponse()
+            data = resp.read()
+            assert resp.status == 200, (resp.status, data[:200])
+
+        http_calls = _threads(threads, seconds, http_heartbeat)
+    finally:
+        server.should_exit = True
+    out["heartbeats_http"] = {
+        "path": "POST /jobmon/api/state/task_instance/{id}/log_report_by on the standalone State Manager "
+        "(uvicorn, 1 process, in the benchmark's process; token check + log_report_by), keep-alive clients",
+        "client_threads": threads,
+        "seconds": seconds,
+        "calls": http_calls,
+        "per_s": round(http_calls / seconds),
+        "ratio_to_in_process": round(http_calls / calls, 2),
+    }
+    log(f"heartbeats over HTTP: {http_calls / seconds:.0f}/s")
+    engine.dispose()
+    return out
