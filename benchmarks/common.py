@@ -107,10 +107,8 @@ def sge_jobs_of_others() -> int:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
-        platform.processor(),
-    )
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in line)
     try:
         import airflow
@@ -146,6 +144,7 @@ class CommandCounter:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.times: dict[str, list[float]] = {}
+        self.seconds: dict[str, float] = {}
         self._lock = threading.Lock()
         self._real: Any = None
 
@@ -160,9 +159,14 @@ class CommandCounter:
             with counter._lock:
                 counter.counts[name] += 1
                 counter.times.setdefault(name, []).append(time.monotonic())
-            return real(cluster, argv, *args, **kwargs)
+            t = time.perf_counter()
+            try:
+                return real(cluster, argv, *args, **kwargs)
+            finally:
+                with counter._lock:
+                    counter.seconds[name] = counter.seconds.get(name, 0.0) + time.perf_counter() - t
 
-        GridEngineCluster._run = counting_run  # type: ignore[method-assign]
+        GridEngineCluster._run = counting_run  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,6 +177,10 @@ class CommandCounter:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return {k: self.counts.get(k, 0) for k in GE_COMMANDS}
+
+    def seconds_snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 2) for k, v in self.seconds.items()}
 
 
 class RawCommands:
@@ -270,3 +278,51 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def delete_jobs_named(prefix: str) -> int:
+    """qdel every listed job whose name starts with ``prefix`` (clean-up after an interrupted run)."""
+    out = _cmd(["qstat", "-u", "*"])
+    ids = sorted(
+        {
+            line.split()[0]
+            for line in out.splitlines()[2:]
+            if len(line.split()) > 2 and line.split()[2].startswith(prefix[:10])
+        }
+    )
+    if ids:
+        subprocess.run(["qdel", *ids], capture_output=True)
+    return len(ids)
+
+
+def init_airflow_db() -> None:
+    from airflow.utils import db as airflow_db
+
+    airflow_db.initdb()
+
+
+def run_dag(dag: Any) -> Any:
+    """``dag.test()`` for a DAG built in this process (serialised to the metadata DB first), as the tests do."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag.test()
+
+
+@contextmanager
+def state_manager(db_url: str) -> Iterator[str]:
+    """The standalone Jobmon State Manager in a thread of this process; its URL exported to the operators."""
+    from jobmon_airflow.server.app import start_in_thread
+
+    port = free_port()
+    server = start_in_thread(port, db_url)
+    url = f"http://127.0.0.1:{port}/jobmon"
+    os.environ["JOBMON_AIRFLOW_STATE_MANAGER_URL"] = url
+    try:
+        yield url
+    finally:
+        server.should_exit = True

@@ -23,48 +23,89 @@ def rows(name: str, doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     if name == "state_db":
         b, t, h = doc["bind"], doc["transitions"], doc["heartbeats"]
-        out.append((f"bind {b['tasks']:,} tasks (one bind_tasks call)", _f(b["bind_tasks_s"], " s"),
-                    f"target ≤ 10 s; plain INSERT {_f(b['plain_insert_floor_s'], ' s')}",
-                    f"{_f(b['ratio_bind_to_plain_insert'])}× plain"))  # fmt: skip
+        out.append(
+            (
+                f"bind {b['tasks']:,} tasks (one bind_tasks call)",
+                _f(b["bind_tasks_s"], " s"),
+                f"target ≤ 10 s; plain INSERT {_f(b['plain_insert_floor_s'], ' s')}",
+                f"{_f(b['ratio_bind_to_plain_insert'])}× plain",
+            )
+        )
         out.append(("re-bind the same tasks (idempotent)", _f(b["rebind_same_tasks_s"], " s"), "", ""))
-        out.append((f"instance transitions, {t['rows']:,} rows per bulk call (I, O, R, D)",
-                    f"{_f(t['instance_transitions_per_s'])} rows/s",
-                    f"plain UPDATE: 4 steps in {_f(t['plain_update_floor_4_steps_s'], ' s')}",
-                    f"{_f(t['ratio_transitions_to_plain_update'])}× plain"))  # fmt: skip
+        out.append(
+            (
+                f"instance transitions, {t['rows']:,} rows per bulk call (I, O, R, D)",
+                f"{_f(t['instance_transitions_per_s'])} rows/s",
+                f"plain UPDATE: 4 steps in {_f(t['plain_update_floor_4_steps_s'], ' s')}",
+                f"{_f(t['ratio_transitions_to_plain_update'])}× plain",
+            )
+        )
         q = next(iter(t["rows_per_s_per_step"].items()))
         out.append((f"queue_task_instances {t['rows']:,} tasks (G→Q + new instances)", f"{_f(q[1])} rows/s", "", ""))
-        out.append((f"heartbeats, log_report_by, {doc['threads']} threads", f"{_f(h['per_s'])}/s",
-                    f"target ≥ 2,000/s; plain 1-row UPDATE {_f(h['plain_single_row_update_per_s'])}/s",
-                    f"{_f(h['ratio_to_plain_update'])}× plain"))  # fmt: skip
+        out.append(
+            (
+                f"heartbeats, log_report_by, {doc['threads']} threads",
+                f"{_f(h['per_s'])}/s",
+                f"target ≥ 2,000/s; plain 1-row UPDATE {_f(h['plain_single_row_update_per_s'])}/s",
+                f"{_f(h['ratio_to_plain_update'])}× plain",
+            )
+        )
         if "heartbeats_http" in doc:
             hh = doc["heartbeats_http"]
-            out.append((f"heartbeats over HTTP (State Manager, 1 uvicorn process, {hh['client_threads']} clients)",
-                        f"{_f(hh['per_s'])}/s", "", f"{_f(hh['ratio_to_in_process'])}× in-process"))  # fmt: skip
+            out.append(
+                (
+                    f"heartbeats over HTTP (State Manager, 1 uvicorn process, {hh['client_threads']} clients)",
+                    f"{_f(hh['per_s'])}/s",
+                    "",
+                    f"{_f(hh['ratio_to_in_process'])}× in-process",
+                )
+            )
     elif name == "array_vs_qsub":
         for r in doc["runs"]:
             n = r["n"]
-            out.append((f"N={n}: wall time, JobmonArrayOperator (dag.test) vs raw qsub -t + wait",
-                        _f(r["jobmon"]["wall_s"], " s"), f"{_f(r['raw']['wall_s'], ' s')}; target ratio ≤ 1.10",
-                        f"{_f(r['ratio_wall'])}"))  # fmt: skip
-            out.append((f"N={n}: Grid Engine commands", _counts(r["jobmon"]["commands"]),
-                        _counts(r["raw"]["commands"]), ""))  # fmt: skip
+            out.append(
+                (
+                    f"N={n}: wall time, JobmonArrayOperator (dag.test) vs raw qsub -t + wait",
+                    _f(r["jobmon"]["wall_s"], " s"),
+                    f"{_f(r['raw']['wall_s'], ' s')}; target ratio ≤ 1.10",
+                    f"{_f(r['ratio_wall'])}",
+                )
+            )
+            out.append(
+                (f"N={n}: Grid Engine commands", _counts(r["jobmon"]["commands"]), _counts(r["raw"]["commands"]), "")
+            )
     elif name == "mapped_services":
         for r in doc["runs"]:
             n = r["n"]
             j, p = r["jobmon"], r["plain"]
-            out.append((f"N={n}: wall time, mapped JobmonTaskOperator vs mapped BashOperator qsub -sync y "
-                        "(real scheduler + triggerer)", _f(j["wall_s"], " s"), _f(p["wall_s"], " s"),
-                        _f(r["ratio_wall"])))  # fmt: skip
-            out.append((f"N={n}: Grid Engine commands (PATH shim)", _counts(j["commands"]), _counts(p["commands"]),
-                        ""))  # fmt: skip
+            out.append(
+                (
+                    f"N={n}: wall time, mapped JobmonTaskOperator vs mapped BashOperator qsub -sync y "
+                    "(real scheduler + triggerer)",
+                    _f(j["wall_s"], " s"),
+                    _f(p["wall_s"], " s"),
+                    _f(r["ratio_wall"]),
+                )
+            )
+            out.append((f"N={n}: Grid Engine commands (PATH shim)", _counts(j["commands"]), _counts(p["commands"]), ""))
     elif name == "shared_poll":
-        out.append((f"{doc['triggers']} deferred triggers: qstat calls per poll interval",
-                    _f(doc["qstat_per_interval"]), f"target 1; {doc['polls']} polls in {doc['window_s']} s",
-                    f"{_f(doc['qstat_calls'])} qstat / {_f(doc['intervals'])} intervals"))  # fmt: skip
+        out.append(
+            (
+                f"{doc['triggers']} deferred triggers: qstat calls per poll interval",
+                _f(doc["qstat_per_interval"]),
+                f"target 1; {doc['polls']} polls in {doc['window_s']} s",
+                f"{_f(doc['qstat_calls'])} qstat / {_f(doc['intervals'])} intervals",
+            )
+        )
     elif name == "array_10k":
         s = doc["submission"]
-        out.append((f"{doc['elements']:,}-element array: submission (bind + queue + {s['qsub_calls']} qsub -t)",
-                    _f(s["wall_s"], " s"), "Jobmon 3.1 published: 32.1 s (Slurm)",
-                    _f(s["ratio_to_published"])))  # fmt: skip
+        out.append(
+            (
+                f"{doc['elements']:,}-element array: submission (bind + queue + {s['qsub_calls']} qsub -t)",
+                _f(s["wall_s"], " s"),
+                "Jobmon 3.1 published: 32.1 s (Slurm)",
+                _f(s["ratio_to_published"]),
+            )
+        )
         out.append(("tracking end to end", doc.get("tracking", "not measured"), "", ""))
     return out

@@ -25,8 +25,7 @@ def _specs(n: int, prefix: str) -> list[Any]:
     from jobmon_airflow.service import TaskSpec
 
     return [
-        TaskSpec(airflow_task_id=f"{prefix}", name=f"{prefix}[{i}]", command=f"echo {i}", map_index=i)
-        for i in range(n)
+        TaskSpec(airflow_task_id=f"{prefix}", name=f"{prefix}[{i}]", command=f"echo {i}", map_index=i) for i in range(n)
     ]
 
 
@@ -68,8 +67,13 @@ def _threads(n_threads: int, seconds: float, work: Callable[[int, int], None]) -
     return sum(counts)
 
 
-def run(bind_size: int = 100_000, transition_size: int = 20_000, threads: int = 8, seconds: float = 10.0,
-        profile: bool = True) -> dict[str, Any]:  # fmt: skip
+def run(
+    bind_size: int = 100_000,
+    transition_size: int = 20_000,
+    threads: int = 8,
+    seconds: float = 10.0,
+    profile: bool = True,
+) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from jobmon_airflow import db
@@ -97,11 +101,21 @@ def run(bind_size: int = 100_000, transition_size: int = 20_000, threads: int = 
     wf2 = svc.bind_workflow_run(dag_id="bench_bind_floor", run_id="r1")
     now = sa.func.now()
     rows = [
-        {"workflow_id": wf2.workflow_id, "airflow_task_id": "floor", "map_index": i, "node_args_hash": "",
-         "task_args_hash": "", "name": f"floor[{i}]", "command": f"echo {i}", "max_attempts": 3,
-         "fallback_queues": "[]", "num_attempts": 0, "status": "G"}
+        {
+            "workflow_id": wf2.workflow_id,
+            "airflow_task_id": "floor",
+            "map_index": i,
+            "node_args_hash": "",
+            "task_args_hash": "",
+            "name": f"floor[{i}]",
+            "command": f"echo {i}",
+            "max_attempts": 3,
+            "fallback_queues": "[]",
+            "num_attempts": 0,
+            "status": "G",
+        }
         for i in range(bind_size)
-    ]  # fmt: skip
+    ]
     t0 = time.perf_counter()
     with engine.begin() as conn:
         for i in range(0, len(rows), 1000):
@@ -204,8 +218,12 @@ def run(bind_size: int = 100_000, transition_size: int = 20_000, threads: int = 
 
         def http_heartbeat(t: int, i: int) -> None:
             ids_t = per_thread[t]
-            conns[t].request("POST", f"/jobmon/api/state/task_instance/{ids_t[i % len(ids_t)]}/log_report_by",
-                             body=body, headers=headers)  # fmt: skip
+            conns[t].request(
+                "POST",
+                f"/jobmon/api/state/task_instance/{ids_t[i % len(ids_t)]}/log_report_by",
+                body=body,
+                headers=headers,
+            )
             resp = conns[t].getresponse()
             data = resp.read()
             assert resp.status == 200, (resp.status, data[:200])
