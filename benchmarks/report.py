@@ -50,6 +50,35 @@ def rows(name: str, doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{_f(h['ratio_to_plain_update'])}× plain",
             )
         )
+        if "what_if_batched_100_per_statement_rows_per_s" in h:
+            out.append(
+                (
+                    "what-if: heartbeats batched 100 per UPDATE (plain SQL, not a library API)",
+                    f"{_f(h['what_if_batched_100_per_statement_rows_per_s'])} rows/s",
+                    "target ≥ 2,000/s",
+                    "",
+                )
+            )
+        if "heartbeats_processes" in doc:
+            hp = doc["heartbeats_processes"]
+            out.append(
+                (
+                    f"heartbeats, log_report_by, {hp['processes']} processes × {hp['threads_each']} threads",
+                    f"{_f(hp['per_s'])}/s",
+                    "target ≥ 2,000/s",
+                    f"{_f(hp['ratio_to_one_process'])}× one process",
+                )
+            )
+        if "update_pass_alone_s" in b:
+            out.append(
+                (
+                    f"bind_tasks' update pass alone ({b['tasks']:,} single-row UPDATEs)",
+                    _f(b["update_pass_alone_s"], " s"),
+                    "what-if: as INSERT … ON DUPLICATE KEY UPDATE "
+                    + _f(b["what_if_upsert_instead_of_update_pass_s"], " s"),
+                    "",
+                )
+            )
         if "heartbeats_http" in doc:
             hh = doc["heartbeats_http"]
             out.append(

@@ -14,6 +14,7 @@ import pstats
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks.common import RESULTS, fresh_database, log
@@ -67,6 +68,32 @@ def _threads(n_threads: int, seconds: float, work: Callable[[int, int], None]) -
     return sum(counts)
 
 
+def _hb_process(url: str, ids: Sequence[int], threads: int, start_at: float, seconds: float) -> int:
+    """One process of the multi-process heartbeat run (spawned): waits for the common start, then hammers."""
+    from jobmon_airflow import db
+    from jobmon_airflow.service import JobmonService
+
+    svc = JobmonService(db.get_engine(url))
+    svc.log_report_by(ids[0], 270.0)  # connect before the clock starts
+    time.sleep(max(0.0, start_at - time.time()))
+    per_thread = [ids[t::threads] for t in range(threads)]
+
+    def heartbeat(t: int, i: int) -> None:
+        svc.log_report_by(per_thread[t][i % len(per_thread[t])], 270.0)
+
+    return _threads(threads, seconds, heartbeat)
+
+
+def _processes(url: str, per_proc: list[list[int]], threads_each: int, seconds: float) -> int:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 15  # spawned interpreters import SQLAlchemy first
+    with ctx.Pool(len(per_proc)) as pool:
+        results = [pool.apply_async(_hb_process, (url, ids, threads_each, start_at, seconds)) for ids in per_proc]
+        return sum(r.get(timeout=120) for r in results)
+
+
 def run(
     bind_size: int = 100_000,
     transition_size: int = 20_000,
@@ -99,7 +126,7 @@ def run(
     assert again == ids
     # Floor: the same rows, one plain executemany INSERT in chunks of 1000, no read-back, no update pass.
     wf2 = svc.bind_workflow_run(dag_id="bench_bind_floor", run_id="r1")
-    now = sa.func.now()
+    now = datetime.now(UTC).replace(tzinfo=None)
     rows = [
         {
             "workflow_id": wf2.workflow_id,
@@ -113,14 +140,40 @@ def run(
             "fallback_queues": "[]",
             "num_attempts": 0,
             "status": "G",
+            "status_date": now,
         }
         for i in range(bind_size)
     ]
     t0 = time.perf_counter()
     with engine.begin() as conn:
         for i in range(0, len(rows), 1000):
-            conn.execute(TASK.insert().values(status_date=now), rows[i : i + 1000])
+            conn.execute(TASK.insert(), rows[i : i + 1000])
     floor_s = time.perf_counter() - t0
+    # Where bind_tasks spends the rest: its "re-binding updates what a task runs with" pass is one UPDATE per task
+    # (pymysql runs an executemany UPDATE row by row). Timed alone on the floor rows, and beside it what the same
+    # change costs as one multi-row INSERT ... ON DUPLICATE KEY UPDATE per 1000 rows (a what-if, not the library).
+    from sqlalchemy.dialects import mysql as mysql_dialect
+
+    with engine.connect() as conn:
+        floor_ids = list(conn.execute(sa.select(TASK.c.id).where(TASK.c.workflow_id == wf2.workflow_id)).scalars())
+    mutable = ("command", "max_attempts", "resource_scales", "fallback_queues")
+    stmt = TASK.update().where(TASK.c.id == sa.bindparam("b_id")).values({k: sa.bindparam(k) for k in mutable})
+    updates = [
+        {"b_id": i, "command": f"echo {i}", "max_attempts": 3, "resource_scales": None, "fallback_queues": "[]"}
+        for i in floor_ids
+    ]
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        for i in range(0, len(updates), 1000):
+            conn.execute(stmt, updates[i : i + 1000])
+    update_pass_s = time.perf_counter() - t0
+    ins = mysql_dialect.insert(TASK)
+    upsert = ins.on_duplicate_key_update({k: ins.inserted[k] for k in mutable})
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        for i in range(0, len(rows), 1000):
+            conn.execute(upsert, rows[i : i + 1000])
+    upsert_s = time.perf_counter() - t0
     out["bind"] = {
         "tasks": bind_size,
         "bind_tasks_s": round(bind_s, 2),
@@ -128,6 +181,9 @@ def run(
         "rebind_same_tasks_s": round(rebind_s, 2),
         "plain_insert_floor_s": round(floor_s, 2),
         "ratio_bind_to_plain_insert": round(bind_s / floor_s, 2),
+        "update_pass_alone_s": round(update_pass_s, 2),
+        "update_pass_note": "bind_tasks' second pass: executemany UPDATE by id, one round trip per task with pymysql",
+        "what_if_upsert_instead_of_update_pass_s": round(upsert_s, 2),
         "target_s": 10.0,
         "meets_target": bind_s <= 10.0,
     }
@@ -191,8 +247,15 @@ def run(
         with engine.begin() as conn:
             conn.execute(TI.update().where(TI.c.id == ids_t[i % len(ids_t)]).values(report_by_date=sa.func.now()))
 
+    def batched_floor(t: int, i: int) -> None:
+        ids_t = list(per_thread[t])
+        batch = [ids_t[(i * 100 + k) % len(ids_t)] for k in range(100)]
+        with engine.begin() as conn:
+            conn.execute(TI.update().where(TI.c.id.in_(batch)).values(report_by_date=sa.func.now()))
+
     calls = _threads(threads, seconds, heartbeat)
     floor_calls = _threads(threads, seconds, floor_heartbeat)
+    batched_statements = _threads(threads, seconds, batched_floor)
     out["heartbeats"] = {
         "path": "JobmonService.log_report_by (in process, one transaction with SELECT ... FOR UPDATE each)",
         "seconds": seconds,
@@ -200,10 +263,28 @@ def run(
         "per_s": round(calls / seconds),
         "plain_single_row_update_per_s": round(floor_calls / seconds),
         "ratio_to_plain_update": round(calls / floor_calls, 2),
+        "what_if_batched_100_per_statement_rows_per_s": round(batched_statements * 100 / seconds),
+        "note": "one transaction (one commit, fsync: innodb_flush_log_at_trx_commit=1) per heartbeat",
         "target_per_s": 2000,
         "meets_target": calls / seconds >= 2000,
     }
     log(f"heartbeats: {calls / seconds:.0f}/s (plain update {floor_calls / seconds:.0f}/s)")
+
+    # -- heartbeats from several processes (as a State Manager with several workers would serve them) ---------------
+    procs = 4
+    per_proc: list[list[int]] = [hb_ti[p::procs] for p in range(procs)]
+    mp_calls = _processes(url, per_proc, threads_each=4, seconds=seconds)
+    out["heartbeats_processes"] = {
+        "path": "JobmonService.log_report_by from 4 processes × 4 threads (separate interpreters: no shared GIL)",
+        "processes": procs,
+        "threads_each": 4,
+        "seconds": seconds,
+        "calls": mp_calls,
+        "per_s": round(mp_calls / seconds),
+        "ratio_to_one_process": round(mp_calls / calls, 2),
+        "meets_target": mp_calls / seconds >= 2000,
+    }
+    log(f"heartbeats, {procs} processes: {mp_calls / seconds:.0f}/s")
 
     # -- heartbeats over HTTP through the State Manager (uvicorn, one process) ---------------------------------------
     from benchmarks.common import free_port
