@@ -60,7 +60,9 @@ def get_engine(url: str | None = None) -> Engine:
                 Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:
-            kwargs.update(pool_pre_ping=True, pool_recycle=3600)
+            # READ COMMITTED: a transaction that waited for another writer's insert must see its row afterwards
+            # (REPEATABLE READ keeps the snapshot of its first read, so get-or-create would not find it).
+            kwargs.update(pool_pre_ping=True, pool_recycle=3600, isolation_level="READ COMMITTED")
         engine = sa.create_engine(sa_url, **kwargs)
         if sa_url.get_backend_name() == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_on_connect)

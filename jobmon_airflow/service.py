@@ -817,7 +817,9 @@ class JobmonService:
             live = [
                 r.id
                 for chunk in _chunks(list(ti_ids))
-                for r in s.execute(sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status.in_(list("QIOR"))))
+                for r in s.execute(
+                    sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status.in_(list("QIOR"))).with_for_update()
+                )
             ]
             changed = _transition(s, states.TASK_INSTANCE_FSM, TI, live, "K")
             _log_errors(s, changed, message)
@@ -838,6 +840,14 @@ class JobmonService:
                         .where(TASK.c.id.in_(chunk), TASK.c.status.in_(states.TASK_FSM.sources(step)))
                         .values(status=step, status_date=utcnow())
                     )
+            for chunk in _chunks(task_ids):
+                # Killed before it was ever submitted: the task FSM has no way out of Q but a reset, and nothing
+                # will report again; end it as Jobmon's cleanup would, bypassing the FSM on purpose.
+                s.execute(
+                    TASK.update()
+                    .where(TASK.c.id.in_(chunk), TASK.c.status == "Q")
+                    .values(status="F", status_date=utcnow())
+                )
 
     def apply_outcome(
         self,
@@ -887,6 +897,15 @@ class JobmonService:
             values["wallclock"] = float(usage["wallclock_s"])
         if usage.get("cpu_s") is not None:
             values["cpu"] = float(usage["cpu_s"])
+        if status == states.TaskInstanceStatus.DONE:
+            row = s.execute(
+                sa.select(TI.c.status, TASK.c.status.label("task_status"))
+                .join(TASK, TASK.c.id == TI.c.task_id)
+                .where(TI.c.id == ti_id)
+            ).one()
+            if row.status == states.TaskInstanceStatus.KILL_SELF and row.task_status == states.TaskStatus.ERROR_FATAL:
+                # The kill was completed (job deleted, task failed): a done report still in flight is stale.
+                raise states.IllegalTransition(f"task_instance {ti_id} was killed and its task failed; K → D refused")
         if status == states.TaskInstanceStatus.ERROR_FATAL:
             # Jobmon reaches F from a running instance only through triage (R→T→F): take the same path.
             current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one()

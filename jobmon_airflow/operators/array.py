@@ -17,12 +17,11 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from jobmon_airflow import execution, states
 from jobmon_airflow.clusters.base import SubmissionError
-from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.operators.base import JobmonBaseOperator, is_templated
-from jobmon_airflow.resources import ResourceError, Resources, scale_resources
+from jobmon_airflow.resources import ResourceError, Resources
 from jobmon_airflow.service import TaskSpec
 from jobmon_airflow.templates import TaskTemplate
-from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, Poller, kill_instances
+from jobmon_airflow.watch import Poller, kill_instances
 
 DEFAULT_BATCH_SIZE = 500  # Jobmon's MAX_BATCH_SIZE
 
@@ -34,9 +33,11 @@ class JobmonArrayOperator(JobmonBaseOperator):
     :param node_args: node arg values; lists expand to their cross product (Jobmon's ``create_tasks``).
     :param task_args: / :param op_args: scalar values of the template's task and op args.
     :param compute_resources: resources of every element (default: the template's ``default_resources``).
-    :param max_attempts: attempts per element (Jobmon's default 3).
     :param batch_size: elements per ``qsub -t`` batch (default 500; one batch per distinct resource set).
     :param max_concurrently_running: elements of this array running at once (``qsub -tc``).
+    :param workflow_max_concurrently_running: tasks of the whole workflow (DAG run) queued or running at once.
+
+    Other arguments (``max_attempts`` is per element): :class:`~jobmon_airflow.operators.base.JobmonBaseOperator`.
     """
 
     template_fields: Sequence[str] = ("node_args", "task_args", "op_args", "compute_resources")
@@ -50,58 +51,30 @@ class JobmonArrayOperator(JobmonBaseOperator):
         task_args: Mapping[str, Any] | None = None,
         op_args: Mapping[str, Any] | None = None,
         compute_resources: Mapping[str, Any] | None = None,
-        max_attempts: int = 3,
-        resource_scales: Mapping[str, Any] | None = None,
-        fallback_queues: Sequence[str] = (),
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_concurrently_running: int | None = None,
         workflow_max_concurrently_running: int | None = None,
-        cluster: str | None = None,
-        jobmon_conn_id: str = JobmonHook.default_conn_name,
-        gridengine_conn_id: str = "gridengine_default",
-        tool: str | None = None,
-        workflow_args: str | None = None,
-        log_dir: str | None = None,
-        deferrable: bool = True,
-        poll_interval: float | None = None,
-        heartbeat_interval: float = 90.0,
-        lost_grace_s: float = DEFAULT_LOST_GRACE_S,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("retries", 0)  # elements retry inside the operator, each up to max_attempts
-        super().__init__(**kwargs)
-        for field, value in (("max_attempts", max_attempts), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field}: expected a whole number ≥ 1, got {value!r}")
-        if max_concurrently_running is not None and max_concurrently_running < 1:
-            raise ValueError(f"max_concurrently_running: expected ≥ 1, got {max_concurrently_running!r}")
+        if compute_resources is None:
+            compute_resources = task_template.default_resources_requested
+        super().__init__(compute_resources=compute_resources, **kwargs)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a whole number ≥ 1, got {batch_size!r}")
+        for field, limit in (
+            ("max_concurrently_running", max_concurrently_running),
+            ("workflow_max_concurrently_running", workflow_max_concurrently_running),
+        ):
+            if limit is not None and (not isinstance(limit, int) or limit < 1):
+                raise ValueError(f"{field}: expected a whole number ≥ 1, got {limit!r}")
         self.task_template = task_template
         self.node_args = dict(node_args)
         self.task_args = dict(task_args or {})
         self.op_args = dict(op_args or {})
-        self.compute_resources = dict(
-            compute_resources if compute_resources is not None else task_template.default_resources_requested
-        )
-        self.max_attempts = max_attempts
-        self.resource_scales = dict(resource_scales) if resource_scales is not None else None
-        self.fallback_queues = list(fallback_queues)
         self.batch_size = batch_size
         self.max_concurrently_running = max_concurrently_running
         self.workflow_max_concurrently_running = workflow_max_concurrently_running
-        self.cluster = cluster
-        self.jobmon_conn_id = jobmon_conn_id
-        self.gridengine_conn_id = gridengine_conn_id
-        self.tool = tool
-        self.workflow_args = workflow_args
-        self.log_dir = log_dir
-        self.deferrable = deferrable
-        self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
-        self.lost_grace_s = lost_grace_s
-        if not is_templated(self.compute_resources):
-            Resources.parse(self.compute_resources)
-        if self.resource_scales is not None:
-            scale_resources(Resources(), self.resource_scales)
         if not any(is_templated(v) for v in (self.node_args, self.task_args, self.op_args)):
             self.task_template.create_tasks(**self.node_args, **self.task_args, **self.op_args)  # fail at parse
 
@@ -117,6 +90,7 @@ class JobmonArrayOperator(JobmonBaseOperator):
             dag_id=self.dag_id,
             run_id=context["run_id"],
             tool=self.tool,
+            tool_version=self.tool_version(),
             workflow_args=self.workflow_args,
             max_concurrently_running=self.workflow_max_concurrently_running,
         )

@@ -6,11 +6,9 @@ retries; after a resource kill the next try runs with scaled resources; a fatal 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Context
@@ -18,85 +16,31 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from jobmon_airflow import execution, states
 from jobmon_airflow.clusters.base import SubmissionError
-from jobmon_airflow.hooks.jobmon import JobmonHook
-from jobmon_airflow.operators.base import JobmonBaseOperator, is_templated
+from jobmon_airflow.operators.base import JobmonBaseOperator
 from jobmon_airflow.resources import ResourceError, Resources
 from jobmon_airflow.service import TaskSpec
-from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, Poller, kill_task_instance
+from jobmon_airflow.watch import Poller, kill_task_instance
 
 log = logging.getLogger(__name__)
 
 
 class JobmonTaskOperator(JobmonBaseOperator):
-    """Run ``command`` (a shell command line) as a cluster job tracked by Jobmon.
-
-    :param command: the command line, run by bash on the node (templated).
-    :param compute_resources: Jobmon resource keys: ``cores``, ``memory`` ("2G", "500M" or GiB), ``runtime``
-        (seconds, "HH:MM:SS" or "10m"), ``queue``, ``project`` (templated).
-    :param max_attempts: Jobmon attempts (default 3); sets Airflow's ``retries`` to ``max_attempts - 1``.
-    :param resource_scales: growth after a resource kill, Jobmon's default ``{"memory": 0.5, "runtime": 0.5}``.
-    :param fallback_queues: queues to try, in order, when the resources do not fit the requested queue.
-    :param cluster: ``local`` or ``gridengine`` (default: the Jobmon connection's ``cluster`` extra, else local).
-    :param deferrable: wait in the triggerer (default) or block a worker slot while polling.
-    :param poll_interval: seconds between polls (one batched query per process, whatever the task count);
-        default: the Grid Engine connection's ``poll_interval``, 10 s on the local cluster.
-    :param log_dir: where job logs, exit records and tokens go (default: the Grid Engine connection's ``log_dir``,
-        else ``$JOBMON_AIRFLOW_HOME/logs``); on a real cluster a directory every node sees.
+    """Run ``command`` (a shell command line, run by bash on the node; templated) as a cluster job tracked by
+    Jobmon. ``max_attempts`` sets Airflow's ``retries`` to ``max_attempts - 1``: one Airflow try per attempt.
+    Other arguments: :class:`~jobmon_airflow.operators.base.JobmonBaseOperator`.
     """
 
     template_fields: Sequence[str] = ("command", "compute_resources", "name")
     ui_color = "#d9ead3"
 
-    def __init__(
-        self,
-        *,
-        command: str,
-        compute_resources: Mapping[str, Any] | None = None,
-        name: str | None = None,
-        max_attempts: int = 3,
-        resource_scales: Mapping[str, Any] | None = None,
-        fallback_queues: Sequence[str] = (),
-        cluster: str | None = None,
-        jobmon_conn_id: str = JobmonHook.default_conn_name,
-        gridengine_conn_id: str = "gridengine_default",
-        tool: str | None = None,
-        workflow_args: str | None = None,
-        log_dir: str | None = None,
-        deferrable: bool = True,
-        poll_interval: float | None = None,
-        heartbeat_interval: float = 90.0,
-        lost_grace_s: float = DEFAULT_LOST_GRACE_S,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"max_attempts: expected a whole number ≥ 1, got {max_attempts!r}")
-        kwargs.setdefault("retries", max_attempts - 1)
+    def __init__(self, *, command: str, name: str | None = None, max_attempts: int = 3, **kwargs: Any) -> None:
+        if isinstance(max_attempts, int) and max_attempts >= 1:
+            kwargs.setdefault("retries", max_attempts - 1)
         kwargs.setdefault("retry_delay", timedelta(seconds=5))
-        super().__init__(**kwargs)
+        super().__init__(max_attempts=max_attempts, **kwargs)
         self.command = command
-        self.compute_resources = dict(compute_resources or {})
         self.name = name
-        self.max_attempts = max_attempts
-        self.resource_scales = dict(resource_scales) if resource_scales is not None else None
-        self.fallback_queues = list(fallback_queues)
-        self.cluster = cluster
-        self.jobmon_conn_id = jobmon_conn_id
-        self.gridengine_conn_id = gridengine_conn_id
-        self.tool = tool
-        self.workflow_args = workflow_args
-        self.log_dir = log_dir
-        self.deferrable = deferrable
-        self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
-        self.lost_grace_s = lost_grace_s
-        if not is_templated(self.compute_resources):
-            Resources.parse(self.compute_resources)  # bad values fail when the DAG is parsed, naming the field
-        if self.resource_scales is not None:
-            from jobmon_airflow.resources import scale_resources
 
-            scale_resources(Resources(), self.resource_scales)
-
-    # -- collaborators (built at run time, never at parse time) ---------------------------------------------------
     # -- run ------------------------------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
         try:
@@ -110,7 +54,7 @@ class JobmonTaskOperator(JobmonBaseOperator):
             dag_id=self.dag_id,
             run_id=run_id,
             tool=self.tool,
-            tool_version=self._tool_version(),
+            tool_version=self.tool_version(),
             workflow_args=self.workflow_args,
         )
         map_index = getattr(ti, "map_index", -1)
@@ -227,10 +171,3 @@ class JobmonTaskOperator(JobmonBaseOperator):
             kill_task_instance(self.service, self.cluster_backend, submission.task_instance_id, submission.job_id)
 
     # -- helpers --------------------------------------------------------------------------------------------------
-
-    def _tool_version(self) -> str:
-        """The DAG's code version: a hash of its file, so a changed DAG binds a new tool version."""
-        try:
-            return hashlib.sha256(Path(self.dag.fileloc).read_bytes()).hexdigest()[:16]
-        except Exception:
-            return "1"

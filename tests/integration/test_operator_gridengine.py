@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import TaskDeferred
 
-from jobmon_airflow import models
 from jobmon_airflow.clusters.gridengine import GridEngineCluster
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.operators import JobmonTaskOperator
@@ -32,6 +31,7 @@ from jobmon_airflow.server.app import start_in_thread
 from jobmon_airflow.service import JobmonService
 from jobmon_airflow.watch import SharedWatcher
 from tests.conftest import free_port, run_dag
+from tests.integration.helpers import instances, wait_for
 
 pytestmark = [pytest.mark.gridengine, pytest.mark.mariadb, pytest.mark.usefixtures("airflow_db")]
 
@@ -94,28 +94,6 @@ def make_dag(dag_id: str, **tasks: dict[str, Any]) -> DAG:
     return dag
 
 
-def instances(service: JobmonService, dag_id: str, task_id: str) -> list[dict[str, Any]]:
-    ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
-    tr, el = models.TaskResources.__table__, models.TaskInstanceErrorLog.__table__
-    with service.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(ti, tr.c.requested_resources, task.c.status.label("task_status"), task.c.num_attempts)
-            .join(task, task.c.id == ti.c.task_id)
-            .join(wf, wf.c.id == task.c.workflow_id)
-            .join(tr, tr.c.id == ti.c.task_resources_id)
-            .where(wf.c.dag_id == dag_id, task.c.airflow_task_id == task_id)
-            .order_by(ti.c.id)
-        ).all()
-        return [
-            {
-                **r._asdict(),
-                "resources": json.loads(r.requested_resources),
-                "errors": [e.description for e in conn.execute(sa.select(el).where(el.c.task_instance_id == r.id))],
-            }
-            for r in rows
-        ]
-
-
 def qstat_job_ids() -> set[str]:
     out = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, check=True).stdout
     return {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
@@ -128,13 +106,6 @@ def accounting(job_id: str) -> Any:
         if info is not None or time.monotonic() > deadline:
             return info
         time.sleep(0.5)
-
-
-def wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_success_on_grid_engine(service: JobmonService, dag_id: str, tmp_path: Path) -> None:

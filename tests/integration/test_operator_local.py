@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.resources import ResourceError
 from jobmon_airflow.service import JobmonService
 from tests.conftest import free_port, run_dag
+from tests.integration.helpers import instances, wait_for
 
 PY = sys.executable
 pytestmark = pytest.mark.usefixtures("airflow_db", "state_manager")
@@ -41,31 +41,6 @@ def make_dag(dag_id: str, **tasks: dict[str, Any]) -> DAG:
 @pytest.fixture
 def service() -> JobmonService:
     return JobmonHook().get_service()
-
-
-def instances(service: JobmonService, dag_id: str, task_id: str) -> list[dict[str, Any]]:
-    """Every task instance of one Airflow task, oldest first, with its requested resources and error logs."""
-    ti, task, wf, tr = (
-        models.TaskInstance.__table__,
-        models.Task.__table__,
-        models.Workflow.__table__,
-        models.TaskResources.__table__,
-    )
-    el = models.TaskInstanceErrorLog.__table__
-    with service.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(ti, tr.c.requested_resources, task.c.status.label("task_status"), task.c.num_attempts)
-            .join(task, task.c.id == ti.c.task_id)
-            .join(wf, wf.c.id == task.c.workflow_id)
-            .join(tr, tr.c.id == ti.c.task_resources_id)
-            .where(wf.c.dag_id == dag_id, task.c.airflow_task_id == task_id)
-            .order_by(ti.c.id)
-        ).all()
-        out = []
-        for r in rows:
-            errors = [e.description for e in conn.execute(sa.select(el).where(el.c.task_instance_id == r.id))]
-            out.append({**r._asdict(), "resources": json.loads(r.requested_resources), "errors": errors})
-        return out
 
 
 def ti_states(dag_run: Any) -> dict[str, str]:
@@ -172,13 +147,6 @@ def _execute_until_deferred(op: JobmonTaskOperator, run_id: str) -> Any:
     return deferred.value.trigger
 
 
-def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def _process_group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -195,7 +163,7 @@ def test_killing_the_deferred_task_kills_the_job_and_records_k(service: JobmonSe
 
     async def scenario() -> None:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(_wait_for, lambda: service.status_of(ti_id) == "R")
+        await asyncio.to_thread(wait_for, lambda: service.status_of(ti_id) == "R")
         await trigger.on_kill()  # what the triggerer does when the user marks the task failed (Airflow 3.3+)
         event = await asyncio.wait_for(waiting, 20)
         assert event.payload["status"] == "K"
@@ -204,7 +172,7 @@ def test_killing_the_deferred_task_kills_the_job_and_records_k(service: JobmonSe
     view = service.task_instance(ti_id)
     assert view.status == "K"
     (attempt,) = instances(service, "jobmon_kill_deferred", "sleeper")
-    _wait_for(lambda: not _process_group_alive(attempt["process_group_id"]))
+    wait_for(lambda: not _process_group_alive(attempt["process_group_id"]))
     assert any("killed" in e for e in attempt["errors"])
 
 
@@ -226,16 +194,16 @@ def test_killing_the_blocking_task_kills_the_job_and_records_k(service: JobmonSe
 
     thread = threading.Thread(target=run)
     thread.start()
-    _wait_for(lambda: bool(instances(service, "jobmon_kill_blocking", "sleeper")))
+    wait_for(lambda: bool(instances(service, "jobmon_kill_blocking", "sleeper")))
     ti_id = instances(service, "jobmon_kill_blocking", "sleeper")[0]["id"]
-    _wait_for(lambda: service.status_of(ti_id) == "R")
+    wait_for(lambda: service.status_of(ti_id) == "R")
     op.on_kill()
     thread.join(20)
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], AirflowFailException)
     (attempt,) = instances(service, "jobmon_kill_blocking", "sleeper")
     assert attempt["status"] == "K" and attempt["task_status"] == "F"
-    _wait_for(lambda: not _process_group_alive(attempt["process_group_id"]))
+    wait_for(lambda: not _process_group_alive(attempt["process_group_id"]))
 
 
 @pytest.mark.parametrize(("command", "expected"), [("echo fine", "D"), ("echo broken >&2; exit 3", "E")])
@@ -278,12 +246,12 @@ def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(servic
 
     async def scenario() -> Any:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(_wait_for, lambda: service.status_of(ti_id) == "R")
+        await asyncio.to_thread(wait_for, lambda: service.status_of(ti_id) == "R")
         worker = service.task_instance(ti_id)
         pgid = instances(service, "jobmon_triage", "hang")[0]["process_group_id"]
         assert worker.status == "R" and pgid
         os.killpg(pgid, signal.SIGSTOP)  # the job is frozen: no heartbeats, still in the queue
-        await asyncio.to_thread(_wait_for, lambda: service.status_of(ti_id) == "T")
+        await asyncio.to_thread(wait_for, lambda: service.status_of(ti_id) == "T")
         seen.append(service.status_of(ti_id))
         os.killpg(pgid, signal.SIGKILL)  # then it dies without reporting
         return (await asyncio.wait_for(waiting, 30)).payload
@@ -316,7 +284,7 @@ def test_token_appears_in_no_command_line_and_no_environment(service: JobmonServ
     trigger = _execute_until_deferred(op, "token-hidden")
     ti_id = trigger.task_instance_id
     try:
-        _wait_for(lambda: service.status_of(ti_id) == "R")  # the worker authenticated with the token
+        wait_for(lambda: service.status_of(ti_id) == "R")  # the worker authenticated with the token
         token_files = list((db.jobmon_home() / "logs").rglob(f"ti-{ti_id}.token"))
         (token_file,) = token_files
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
