@@ -30,6 +30,7 @@ from jobmon_airflow.resources import QueueLimits, Resources, ScaleSpec, fit_queu
 
 log = logging.getLogger(__name__)
 
+ACKNOWLEDGED = "airflow_acknowledged_task_instance"  # task attribute: the instance whose end Airflow saw
 CHUNK = 1000  # rows per statement: keeps IN lists and packets small on MySQL
 WORKFLOW_RUN_HEARTBEAT_INTERVAL = 30.0  # Jobmon's heartbeat.workflow_run_interval
 TASK_INSTANCE_HEARTBEAT_INTERVAL = 90.0  # Jobmon's heartbeat.task_instance_interval
@@ -603,6 +604,33 @@ class JobmonService:
                 for chunk in _chunks(list(task_ids))
                 for r in conn.execute(sa.select(TASK.c.id, TASK.c.command).where(TASK.c.id.in_(chunk)))
             }
+
+    def acknowledge(self, task_id: int, ti_id: int) -> None:
+        """Record that Airflow saw this instance's end (its try finished with it): see :meth:`unacknowledged_end`."""
+        attr_type, attr = _table(models.TaskAttributeType), _table(models.TaskAttribute)
+        with self.session() as s:
+            _insert_ignoring_duplicates(s, attr_type, [{"name": ACKNOWLEDGED}])
+            type_id = s.execute(sa.select(attr_type.c.id).where(attr_type.c.name == ACKNOWLEDGED)).scalar_one()
+            s.execute(attr.delete().where(attr.c.task_id == task_id, attr.c.task_attribute_type_id == type_id))
+            s.execute(attr.insert().values(task_id=task_id, task_attribute_type_id=type_id, value=str(ti_id)))
+
+    def unacknowledged_end(self, task_id: int) -> TaskInstanceView | None:
+        """The task's newest instance if it ended D or F without Airflow seeing it: its Airflow try died (worker
+        lost) while the job finished. The next try adopts that outcome instead of running the task again; a task
+        whose end Airflow saw and that runs again was cleared by a user: a new pass."""
+        attr_type, attr = _table(models.TaskAttributeType), _table(models.TaskAttribute)
+        with self.engine.connect() as conn:
+            newest = conn.execute(
+                sa.select(TI.c.id, TI.c.status).where(TI.c.task_id == task_id).order_by(TI.c.id.desc()).limit(1)
+            ).one_or_none()
+            if newest is None or newest.status not in ("D", "F"):
+                return None
+            seen = conn.execute(
+                sa.select(attr.c.value)
+                .join(attr_type, attr_type.c.id == attr.c.task_attribute_type_id)
+                .where(attr.c.task_id == task_id, attr_type.c.name == ACKNOWLEDGED)
+            ).scalar()
+        return None if seen == str(newest.id) else self.task_instance(newest.id)
 
     def get_task(self, task_id: int) -> TaskView:
         with self.session() as s:

@@ -74,6 +74,13 @@ class JobmonTaskOperator(JobmonBaseOperator):
             ],
         )
         submission = execution.reattach(svc, cluster, task_id, task_name)
+        if submission is None and (ended := svc.unacknowledged_end(task_id)) is not None:
+            self.log.info(
+                "Task instance %s (job %s) ended %s while no Airflow try watched it: adopting that outcome",
+                ended.id, ended.distributor_id, ended.status,
+            )  # fmt: skip
+            event = {"task_instance_id": ended.id, "job_id": ended.distributor_id, "status": ended.status}
+            return self.execute_complete(context, {**event, "source": "database"})
         if submission is None:
             task = svc.get_task(task_id)
             if task.status not in (states.TaskStatus.REGISTERING, states.TaskStatus.ADJUSTING_RESOURCES):
@@ -147,6 +154,7 @@ class JobmonTaskOperator(JobmonBaseOperator):
             view.maxrss,
         )  # fmt: skip
         if view.status == states.TaskInstanceStatus.DONE:
+            svc.acknowledge(view.task_id, ti_id)
             return {"task_instance_id": ti_id, "job_id": view.distributor_id, "nodename": view.nodename}
         for description in svc.error_logs(ti_id):
             self.log.error("Task instance %s error log (stderr tail):\n%s", ti_id, description)
@@ -159,6 +167,7 @@ class JobmonTaskOperator(JobmonBaseOperator):
             svc.end_killed([ti_id])
             raise AirflowFailException(message)
         if task.status == states.TaskStatus.ERROR_FATAL:
+            svc.acknowledge(view.task_id, ti_id)
             raise AirflowFailException(message)
         if view.status == states.TaskInstanceStatus.RESOURCE_ERROR:
             message += "; the next try gets scaled resources"

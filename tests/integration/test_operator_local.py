@@ -331,3 +331,22 @@ def test_crash_between_submission_and_storing_the_job_id_reattaches_by_job_name(
     assert cluster.find_jobs(f"ti{orphan['id']}.orphan") in ([trigger.job_id], [])  # one job, maybe already done
     event = asyncio.run(asyncio.wait_for(anext(trigger.run()), 30)).payload
     assert event["status"] == "D"
+
+
+def test_next_try_adopts_an_end_no_airflow_try_saw_and_a_cleared_task_runs_again(service: JobmonService) -> None:
+    def make() -> JobmonTaskOperator:
+        with DAG("jobmon_adopt_end", schedule=None, start_date=datetime(2026, 1, 1)):
+            return JobmonTaskOperator(task_id="quick", command="echo done", poll_interval=0.5)
+
+    trigger = _execute_until_deferred(make(), "adopt")  # then the Airflow worker dies: nobody completes it
+    wait_for(lambda: service.status_of(trigger.task_instance_id) == "D")
+    context: Any = {"ti": SimpleNamespace(try_number=2, map_index=-1), "run_id": "adopt"}
+    result = make().execute(context)  # the retry: the job already succeeded
+    assert result["task_instance_id"] == trigger.task_instance_id
+    assert len(instances(service, "jobmon_adopt_end", "quick")) == 1  # not run again
+    # Airflow saw that end now; running the task again means a user cleared it: a new pass, a new job.
+    second = _execute_until_deferred(make(), "adopt")
+    assert second.task_instance_id != trigger.task_instance_id
+    assert len(instances(service, "jobmon_adopt_end", "quick")) == 2
+    event = asyncio.run(asyncio.wait_for(anext(second.run()), 30)).payload
+    assert event["status"] == "D"
