@@ -443,27 +443,48 @@ class JobmonService:
             }
             for t in specs
         ]
+        mutable = ("command", "max_attempts", "resource_scales", "fallback_queues")
+
+        def key(row: Any) -> tuple[Any, ...]:
+            return (row["airflow_task_id"], row["map_index"], row["node_args_hash"])
+
         with self.session() as s:
-            _insert_ignoring_duplicates(s, TASK, rows)
-            key_to_id: dict[tuple[Any, ...], int] = {}
-            for chunk in _chunks(sorted({t.airflow_task_id for t in specs})):
-                for r in s.execute(
-                    sa.select(TASK.c.id, TASK.c.airflow_task_id, TASK.c.map_index, TASK.c.node_args_hash).where(
-                        TASK.c.workflow_id == workflow_id, TASK.c.airflow_task_id.in_(chunk)
-                    )
-                ):
-                    key_to_id[(r.airflow_task_id, r.map_index, r.node_args_hash)] = r.id
-            # Re-binding after a DAG change updates what a task runs with, never its status.
-            mutable = ("command", "max_attempts", "resource_scales", "fallback_queues")
-            stmt = TASK.update().where(TASK.c.id == sa.bindparam("b_id")).values({k: sa.bindparam(k) for k in mutable})
-            updates: list[dict[str, Any]] = [
-                {"b_id": key_to_id[(row["airflow_task_id"], row["map_index"], row["node_args_hash"])]}
-                | {k: row[k] for k in mutable}
-                for row in rows
+            existing = self._bound_tasks(s, workflow_id, specs, mutable)
+            # New tasks: one multi-row insert (duplicates from a concurrent binder are left alone).
+            _insert_ignoring_duplicates(s, TASK, [r for r in rows if key(r) not in existing])
+            # Re-binding after a DAG change updates what a task runs with, never its status; unchanged rows
+            # cost nothing.
+            changed = [
+                {"b_id": existing[key(r)]["id"]} | {k: r[k] for k in mutable}
+                for r in rows
+                if key(r) in existing and any(existing[key(r)][k] != r[k] for k in mutable)
             ]
-            for chunk in _chunks(updates):
+            stmt = TASK.update().where(TASK.c.id == sa.bindparam("b_id")).values({k: sa.bindparam(k) for k in mutable})
+            for chunk in _chunks(changed):
                 s.execute(stmt, list(chunk))
-            return [key_to_id[(t.airflow_task_id, t.map_index, t.node_args_hash)] for t in specs]
+            if len(existing) < len(rows):
+                existing = self._bound_tasks(s, workflow_id, specs, ())
+            return [existing[(t.airflow_task_id, t.map_index, t.node_args_hash)]["id"] for t in specs]
+
+    @staticmethod
+    def _bound_tasks(
+        s: Session, workflow_id: int, specs: Sequence[TaskSpec], columns: Sequence[str]
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """Tasks of the workflow with these Airflow task ids, by identity (one query per 1,000 task ids)."""
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        cols = [
+            TASK.c.id,
+            TASK.c.airflow_task_id,
+            TASK.c.map_index,
+            TASK.c.node_args_hash,
+            *(TASK.c[c] for c in columns),
+        ]
+        for chunk in _chunks(sorted({t.airflow_task_id for t in specs})):
+            for r in s.execute(
+                sa.select(*cols).where(TASK.c.workflow_id == workflow_id, TASK.c.airflow_task_id.in_(chunk))
+            ):
+                out[(r.airflow_task_id, r.map_index, r.node_args_hash)] = r._asdict()
+        return out
 
     # -- templates and arrays ------------------------------------------------------------------------------------
     def bind_task_template_version(
@@ -1002,8 +1023,15 @@ class JobmonService:
             return str(s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
 
     def log_report_by(self, ti_id: int, next_report: float) -> str:
-        """Heartbeat: push the deadline; a triaging instance (late heartbeat) goes back to R."""
+        """Heartbeat: push the deadline; a triaging instance (late heartbeat) goes back to R.
+
+        The common case, a running instance, is one conditional UPDATE; anything else takes the locked path.
+        """
         deadline = utcnow() + timedelta(seconds=next_report)
+        with self.session() as s:
+            running = s.execute(TI.update().where(TI.c.id == ti_id, TI.c.status == "R").values(report_by_date=deadline))
+            if running.rowcount == 1:
+                return "R"
         with self.session() as s:
             current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar_one()
             if current == states.TaskInstanceStatus.TRIAGING:
