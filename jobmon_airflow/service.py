@@ -1041,6 +1041,23 @@ class JobmonService:
                 s.execute(TI.update().where(TI.c.id == ti_id).values(report_by_date=deadline))
             return str(current)
 
+    def log_report_by_many(self, next_reports: Mapping[int, float]) -> dict[int, str]:
+        """Many heartbeats at once: one UPDATE for every running instance (the State Manager coalesces concurrent
+        requests into this); the rare others (triaging, killed, ended) take :meth:`log_report_by` one by one."""
+        if not next_reports:
+            return {}
+        deadline = utcnow() + timedelta(seconds=max(next_reports.values()))
+        out: dict[int, str] = {}
+        with self.session() as s:
+            for chunk in _chunks(sorted(next_reports)):
+                s.execute(TI.update().where(TI.c.id.in_(chunk), TI.c.status == "R").values(report_by_date=deadline))
+                for r in s.execute(sa.select(TI.c.id, TI.c.status).where(TI.c.id.in_(chunk))):
+                    out[r.id] = r.status
+        for ti_id in next_reports:
+            if out.get(ti_id) != "R":
+                out[ti_id] = self.log_report_by(ti_id, next_reports[ti_id]) if ti_id in out else "unknown"
+        return out
+
     def log_done(self, ti_id: int, nodename: str | None, usage: Mapping[str, Any] | None) -> str:
         with self.session() as s:
             self._finish(s, ti_id, "D", 0, "", nodename, usage)

@@ -24,6 +24,7 @@ def create_app(db_url: str | None = None) -> FastAPI:
     db.ensure_schema(engine)
     app = FastAPI(title="Jobmon", version=service.__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobmon_service = service.JobmonService(engine)
+    app.state.heartbeats = state.HeartbeatCoalescer(app.state.jobmon_service)
     app.include_router(state.router)
     return app
 
