@@ -98,3 +98,39 @@ def test_bad_body_names_the_field(setup: tuple[TestClient, JobmonService, list[i
     response = client.post(f"{BASE}/{a}/log_error", json={"error_state": "D"}, headers=auth)
     assert response.status_code == 422
     assert "error_state" in response.text
+
+
+def test_concurrent_heartbeats_are_coalesced_and_answer_each_caller(
+    setup: tuple[TestClient, JobmonService, list[int]],
+) -> None:
+    import threading
+
+    from jobmon_airflow.server.state import HeartbeatCoalescer
+
+    _, svc, (a, b) = setup
+    svc.log_running(a, "n", 1, "1", 279)
+    svc.log_running(b, "n", 1, "2", 279)
+    svc.set_status_for_triaging()  # nothing overdue yet
+    with svc.session() as s:  # b's heartbeats stopped: triaging
+        from jobmon_airflow.service import transition_task_instances
+
+        transition_task_instances(s, [b], "T")
+    statements: list[str] = []
+    import sqlalchemy as sa
+
+    sa.event.listen(svc.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    coalescer = HeartbeatCoalescer(svc, window=0.2)
+    answers: dict[int, str] = {}
+
+    def beat(ti: int) -> None:
+        answers[ti] = coalescer.report(ti, 279)
+
+    threads = [threading.Thread(target=beat, args=(ti,)) for ti in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == {a: "R", b: "R"}  # b's late heartbeat brought it back from triage (T→R)
+    assert svc.status_of(b) == "R"
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE TASK_INSTANCE SET REPORT_BY_DATE")]
+    assert any(" IN " in u.upper() for u in updates)  # both heartbeats in one statement
