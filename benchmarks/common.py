@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+# Results always go to the checkout the command was started from, also when the code under test is a pinned copy.
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or ROOT / "benchmarks" / "results")
 PY = sys.executable
 SGE_ENV = {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
 MARIADB = {"host": "127.0.0.1", "port": 3306, "login": "jobmon", "password": "jobmon"}
@@ -106,6 +107,20 @@ def sge_jobs_of_others() -> int:
     return max(0, len([line for line in out.splitlines()[2:] if line.strip()]))
 
 
+def code_under_test() -> dict[str, Any]:
+    """Which jobmon_airflow was measured: the pinned commit, or the checkout's HEAD plus its uncommitted files
+    (others edit the library while benchmarks run)."""
+    import jobmon_airflow
+
+    tree = Path(jobmon_airflow.__file__).resolve().parents[1]
+    pinned = os.environ.get("BENCH_CODE_COMMIT")
+    if pinned:
+        return {"jobmon_airflow_from": str(tree), "commit": pinned, "pinned_copy": True}
+    head = _cmd(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"])
+    dirty = _cmd(["git", "-C", str(tree), "status", "--porcelain", "--", "jobmon_airflow"]).splitlines()
+    return {"jobmon_airflow_from": str(tree), "commit": head, "pinned_copy": False, "uncommitted": dirty}
+
+
 def machine() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
@@ -132,6 +147,7 @@ def machine() -> dict[str, Any]:
         "sqlalchemy_version": sqlalchemy.__version__,
         "python": platform.python_version(),
         "sge_jobs_listed_at_start": sge_jobs_of_others(),
+        "code": code_under_test(),
     }
 
 

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import PY, RESULTS, ROOT, log
@@ -51,24 +55,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="200", help="N for a and b, comma-separated (default 200)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--table-only", action="store_true", help="only regenerate RESULTS.md")
+    parser.add_argument(
+        "--code",
+        help="measure jobmon_airflow at this git commit (a pinned copy from git archive) instead of the working tree",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.child:
         return run_one(args.child, sizes)
     failed = []
+    cwd, env = ROOT, dict(os.environ)
+    if args.code and not args.table_only:
+        cwd = pinned_copy(args.code)
+        env.update(PYTHONPATH=str(cwd), BENCH_RESULTS_DIR=str(RESULTS), BENCH_CODE_COMMIT=args.code)
+        log(f"measuring jobmon_airflow at {args.code} from {cwd}")
     if not args.table_only:
         for key in [k.strip() for k in args.only.split(",") if k.strip()]:
             if key not in BENCHMARKS:
                 parser.error(f"unknown benchmark {key!r}: choose from {','.join(BENCHMARKS)}")
             log(f"== {key}: {BENCHMARKS[key]} (sizes {sizes})")
             cmd = [PY, "-m", "benchmarks.run", "--child", key, "--sizes", ",".join(map(str, sizes))]
-            rc = subprocess.run(cmd, cwd=ROOT).returncode
+            rc = subprocess.run(cmd, cwd=cwd, env=env).returncode
             if rc != 0:
                 failed.append(key)
                 log(f"{key}: exit {rc}")
     (RESULTS / "RESULTS.md").write_text(render_table())
     log(f"wrote {RESULTS / 'RESULTS.md'}")
     return 1 if failed else 0
+
+
+def pinned_copy(commit: str) -> Path:
+    """``git archive`` of ``commit`` with this checkout's benchmarks/ on top: the library stays as it was at that
+    commit while others keep editing the working tree. (Cluster jobs started without this environment, e.g. the
+    worker node, still import the working tree's package.)"""
+    dest = Path(tempfile.mkdtemp(prefix=f"jobmon-code-{commit[:10]}-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    shutil.rmtree(dest / "benchmarks", ignore_errors=True)
+    shutil.copytree(ROOT / "benchmarks", dest / "benchmarks", ignore=shutil.ignore_patterns("results", "__pycache__"))
+    return dest
 
 
 # -- RESULTS.md -----------------------------------------------------------------------------------------------------
