@@ -178,18 +178,10 @@ class Poller:
 
     def wait_blocking(self, ti_id: int, job_id: str, poll_interval: float) -> dict[str, Any]:
         """Blocking mode: poll one instance until it ends."""
-        self.watched[ti_id] = _Watch(job_id)
-        try:
-            while True:
-                events = self.poll()
-                if ti_id in events:
-                    return events[ti_id]
-                time.sleep(poll_interval)
-        finally:
-            self.watched.pop(ti_id, None)
+        return self.wait_all_blocking({ti_id: job_id}, poll_interval)[ti_id]
 
     def wait_all_blocking(self, jobs: Mapping[int, str], poll_interval: float) -> dict[int, dict[str, Any]]:
-        """Blocking mode for arrays: poll until every instance in {instance id: job id} has ended."""
+        """Blocking mode: poll until every instance in {instance id: job id} has ended."""
         self.watched.update({ti_id: _Watch(job_id) for ti_id, job_id in jobs.items()})
         events: dict[int, dict[str, Any]] = {}
         try:

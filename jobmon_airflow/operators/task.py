@@ -6,7 +6,6 @@ retries; after a resource kill the next try runs with scaled resources; a fatal 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -20,8 +19,6 @@ from jobmon_airflow.operators.base import JobmonBaseOperator
 from jobmon_airflow.resources import ResourceError, Resources
 from jobmon_airflow.service import TaskSpec
 from jobmon_airflow.watch import Poller, kill_task_instance
-
-log = logging.getLogger(__name__)
 
 
 class JobmonTaskOperator(JobmonBaseOperator):
@@ -87,13 +84,12 @@ class JobmonTaskOperator(JobmonBaseOperator):
                 # Airflow runs a task Jobmon considers finished (D/F) only when a user cleared it: a new pass.
                 self.log.info("Jobmon task %s was %s: starting a new pass (attempts reset)", task_id, task.status)
                 svc.reset_tasks([task_id])
-            cluster_id = self.cluster_id
             try:
                 submission = execution.submit_task_instance(
                     svc,
                     cluster,
                     workflow_run_id=bound.workflow_run_id,
-                    cluster_id=cluster_id,
+                    cluster_id=self.cluster_id,
                     task_id=task_id,
                     name=task_name,
                     command=self.command,
@@ -178,5 +174,3 @@ class JobmonTaskOperator(JobmonBaseOperator):
         submission = getattr(self, "_submission", None)
         if submission is not None:
             kill_task_instance(self.service, self.cluster_backend, submission.task_instance_id, submission.job_id)
-
-    # -- helpers --------------------------------------------------------------------------------------------------
