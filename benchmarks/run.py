@@ -44,6 +44,8 @@ def run_one(key: str, sizes: list[int]) -> int:
     module = __import__(f"benchmarks.{name}", fromlist=["run"])
     kwargs: dict[str, Any] = {"sizes": sizes} if key in ("a", "b") else {}
     result = module.run(**kwargs)
+    if "runs" in result:
+        result = merge_runs(name, result)
     path = write_result(name, result, started)
     log(f"{name}: wrote {path}")
     return 0
@@ -82,6 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "RESULTS.md").write_text(render_table())
     log(f"wrote {RESULTS / 'RESULTS.md'}")
     return 1 if failed else 0
+
+
+def merge_runs(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Keep the earlier runs of other sizes (a run of N=1000 must not erase the N=200 one); each run is stamped
+    with its date and the code it measured."""
+    from datetime import UTC, datetime
+
+    from benchmarks.common import code_under_test
+
+    stamp = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "code": code_under_test()}
+    new = [{**stamp, **r} for r in result["runs"]]
+    sizes = {r["n"] for r in new}
+    old_doc = _load(name) or {}
+    old_stamp = {"date": old_doc.get("date"), "code": old_doc.get("machine", {}).get("code", "not recorded")}
+    kept = [{**old_stamp, **r} for r in old_doc.get("runs", []) if r["n"] not in sizes]
+    return {**result, "runs": sorted(kept + new, key=lambda r: r["n"])}
 
 
 def pinned_copy(commit: str) -> Path:
