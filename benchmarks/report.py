@@ -83,7 +83,8 @@ def rows(name: str, doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             hh = doc["heartbeats_http"]
             out.append(
                 (
-                    f"heartbeats over HTTP (State Manager, 1 uvicorn process, {hh['client_threads']} clients)",
+                    f"heartbeats over HTTP (State Manager, 1 uvicorn process, {hh['client_threads']} clients"
+                    f" in {hh.get('client_processes', 1)} processes)",
                     f"{_f(hh['per_s'])}/s",
                     "",
                     f"{_f(hh['ratio_to_in_process'])}× in-process",

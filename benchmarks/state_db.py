@@ -11,10 +11,13 @@ import http.client
 import io
 import json
 import pstats
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, fresh_database, log
@@ -68,29 +71,57 @@ def _threads(n_threads: int, seconds: float, work: Callable[[int, int], None]) -
     return sum(counts)
 
 
-def _hb_process(url: str, ids: Sequence[int], threads: int, start_at: float, seconds: float) -> int:
-    """One process of the multi-process heartbeat run (spawned): waits for the common start, then hammers."""
-    from jobmon_airflow import db
-    from jobmon_airflow.service import JobmonService
+def _port_open(port: int) -> bool:
+    import socket
 
-    svc = JobmonService(db.get_engine(url))
-    svc.log_report_by(ids[0], 270.0)  # connect before the clock starts
-    time.sleep(max(0.0, start_at - time.time()))
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _hb_process(
+    url: str, ids: Sequence[int], threads: int, start_at: float, seconds: float, target: tuple[int, str] | None
+) -> int:
+    """One process of a multi-process heartbeat run (spawned): waits for the common start, then hammers, either
+    the service in process or the State Manager over HTTP (one keep-alive connection per thread)."""
     per_thread = [ids[t::threads] for t in range(threads)]
+    if target is None:
+        from jobmon_airflow import db
+        from jobmon_airflow.service import JobmonService
 
-    def heartbeat(t: int, i: int) -> None:
-        svc.log_report_by(per_thread[t][i % len(per_thread[t])], 270.0)
+        svc = JobmonService(db.get_engine(url))
+        svc.log_report_by(ids[0], 270.0)  # connect before the clock starts
 
+        def heartbeat(t: int, i: int) -> None:
+            svc.log_report_by(per_thread[t][i % len(per_thread[t])], 270.0)
+
+    else:
+        port, token = target
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(threads)]
+        body = json.dumps({"next_report_increment": 270.0})
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+        def heartbeat(t: int, i: int) -> None:
+            ti_id = per_thread[t][i % len(per_thread[t])]
+            conns[t].request("POST", f"/jobmon/api/state/task_instance/{ti_id}/log_report_by", body, headers)
+            resp = conns[t].getresponse()
+            data = resp.read()
+            assert resp.status == 200, (resp.status, data[:200])
+
+    time.sleep(max(0.0, start_at - time.time()))
     return _threads(threads, seconds, heartbeat)
 
 
-def _processes(url: str, per_proc: list[list[int]], threads_each: int, seconds: float) -> int:
+def _processes(
+    url: str, per_proc: list[list[int]], threads_each: int, seconds: float, target: tuple[int, str] | None = None
+) -> int:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     start_at = time.time() + 15  # spawned interpreters import SQLAlchemy first
     with ctx.Pool(len(per_proc)) as pool:
-        results = [pool.apply_async(_hb_process, (url, ids, threads_each, start_at, seconds)) for ids in per_proc]
+        results = [
+            pool.apply_async(_hb_process, (url, ids, threads_each, start_at, seconds, target)) for ids in per_proc
+        ]
         return sum(r.get(timeout=120) for r in results)
 
 
@@ -286,36 +317,31 @@ def run(
     }
     log(f"heartbeats, {procs} processes: {mp_calls / seconds:.0f}/s")
 
-    # -- heartbeats over HTTP through the State Manager (uvicorn, one process) ---------------------------------------
-    from benchmarks.common import free_port
-    from jobmon_airflow.server.app import start_in_thread
+    # -- heartbeats over HTTP: the standalone State Manager (``jobmon-airflow server``, its own process) --------------
+    from benchmarks.common import free_port, wait_until
 
     port = free_port()
-    server = start_in_thread(port, url)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("jobmon-airflow")), "--url", url, "server", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(threads)]
-        body = json.dumps({"next_report_increment": 270.0})
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-
-        def http_heartbeat(t: int, i: int) -> None:
-            ids_t = per_thread[t]
-            conns[t].request(
-                "POST",
-                f"/jobmon/api/state/task_instance/{ids_t[i % len(ids_t)]}/log_report_by",
-                body=body,
-                headers=headers,
-            )
-            resp = conns[t].getresponse()
-            data = resp.read()
-            assert resp.status == 200, (resp.status, data[:200])
-
-        http_calls = _threads(threads, seconds, http_heartbeat)
+        wait_until(lambda: _port_open(port), 60, 0.2, "the State Manager")
+        http_procs, http_threads = 4, 8
+        http_calls = _processes(
+            url, [hb_ti[p::http_procs] for p in range(http_procs)], http_threads, seconds, target=(port, token)
+        )
     finally:
-        server.should_exit = True
+        server.terminate()
+        server.wait(30)
     out["heartbeats_http"] = {
         "path": "POST /jobmon/api/state/task_instance/{id}/log_report_by on the standalone State Manager "
-        "(uvicorn, 1 process, in the benchmark's process; token check + log_report_by), keep-alive clients",
-        "client_threads": threads,
+        "(jobmon-airflow server: uvicorn, 1 process; bearer-token check + heartbeat), keep-alive HTTP clients in "
+        f"{http_procs} separate processes × {http_threads} threads",
+        "client_processes": http_procs,
+        "client_threads": http_procs * http_threads,
         "seconds": seconds,
         "calls": http_calls,
         "per_s": round(http_calls / seconds),
