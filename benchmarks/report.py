@@ -50,6 +50,15 @@ def rows(name: str, doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{_f(h['ratio_to_plain_update'])}× plain",
             )
         )
+        if h.get("log_report_by_many_50_per_call_rows_per_s"):
+            out.append(
+                (
+                    f"heartbeats coalesced: log_report_by_many, 50 per call, {doc['threads']} threads",
+                    f"{_f(h['log_report_by_many_50_per_call_rows_per_s'])}/s",
+                    "target ≥ 2,000/s",
+                    "",
+                )
+            )
         if "what_if_batched_100_per_statement_rows_per_s" in h:
             out.append(
                 (

@@ -213,7 +213,8 @@ def run(
         "plain_insert_floor_s": round(floor_s, 2),
         "ratio_bind_to_plain_insert": round(bind_s / floor_s, 2),
         "update_pass_alone_s": round(update_pass_s, 2),
-        "update_pass_note": "bind_tasks' second pass: executemany UPDATE by id, one round trip per task with pymysql",
+        "update_pass_note": "one UPDATE per row (executemany of UPDATE ... WHERE id = :b_id: one round trip "
+        "per row with pymysql): bind_tasks' second pass until a6bbfda, still instantiate and log_distributor_ids",
         "what_if_upsert_instead_of_update_pass_s": round(upsert_s, 2),
         "target_s": 10.0,
         "meets_target": bind_s <= 10.0,
@@ -287,14 +288,24 @@ def run(
     calls = _threads(threads, seconds, heartbeat)
     floor_calls = _threads(threads, seconds, floor_heartbeat)
     batched_statements = _threads(threads, seconds, batched_floor)
+    many_rows = 0
+    if hasattr(svc, "log_report_by_many"):  # the State Manager's coalesced path (library from ad769c0 on)
+
+        def coalesced(t: int, i: int) -> None:
+            ids_t = list(per_thread[t])
+            batch = [ids_t[(i * 50 + k) % len(ids_t)] for k in range(50)]
+            svc.log_report_by_many(dict.fromkeys(batch, 270.0))
+
+        many_rows = 50 * _threads(threads, seconds, coalesced)
     out["heartbeats"] = {
-        "path": "JobmonService.log_report_by (in process, one transaction with SELECT ... FOR UPDATE each)",
+        "path": "JobmonService.log_report_by (in process, one transaction per heartbeat)",
         "seconds": seconds,
         "calls": calls,
         "per_s": round(calls / seconds),
         "plain_single_row_update_per_s": round(floor_calls / seconds),
         "ratio_to_plain_update": round(calls / floor_calls, 2),
         "what_if_batched_100_per_statement_rows_per_s": round(batched_statements * 100 / seconds),
+        "log_report_by_many_50_per_call_rows_per_s": round(many_rows / seconds) if many_rows else None,
         "note": "one transaction (one commit, fsync: innodb_flush_log_at_trx_commit=1) per heartbeat",
         "target_per_s": 2000,
         "meets_target": calls / seconds >= 2000,
