@@ -462,7 +462,7 @@ class JobmonService:
             stmt = TASK.update().where(TASK.c.id == sa.bindparam("b_id")).values({k: sa.bindparam(k) for k in mutable})
             for chunk in _chunks(changed):
                 s.execute(stmt, list(chunk))
-            if len(existing) < len(rows):
+            if any(key(r) not in existing for r in rows):  # some were new: read their ids back
                 existing = self._bound_tasks(s, workflow_id, specs, ())
             return [existing[(t.airflow_task_id, t.map_index, t.node_args_hash)]["id"] for t in specs]
 
