@@ -219,17 +219,13 @@ def submit_array_batch(
     )
     log_dir.mkdir(parents=True, exist_ok=True)
     token, token_file = write_token(log_dir, f"array-{array_id}-batch-{batch}")
-    exit_records = {ti: log_dir / f"ti-{ti}.exit.json" for ti in ti_ids}
-    service.instantiate(
-        ti_ids,
-        dict.fromkeys(ti_ids, hash_token(token)),  # one token per batch: it opens this batch's instances only
-        {ti: {"exit_record": str(path)} for ti, path in exit_records.items()},
-    )
+    # One token per batch: it opens this batch's instances only. Exit records: <log_dir>/ti-<id>.exit.json.
+    service.instantiate_array_batch(array_id, batch, hash_token(token), str(log_dir))
     manifest = log_dir / f"array-{array_id}-batch-{batch}.manifest.json"
     write_array_manifest(  # element i is the instance SGE_TASK_ID i runs
         manifest,
         token_file,
-        [(ti, commands[task], exit_records[ti]) for ti, task in zip(ti_ids, plan.task_ids, strict=True)],
+        [(ti, commands[task], log_dir / f"ti-{ti}.exit.json") for ti, task in zip(ti_ids, plan.task_ids, strict=True)],
     )
     job = JobRequest(
         name=name,
@@ -244,12 +240,11 @@ def submit_array_batch(
     except Exception as exc:
         service.log_no_distributor_id(ti_ids, f"submission failed: {exc}")
         raise
+    # Element logs are "<prefix><element number>" on both backends (Grid Engine: <name>.o<job>.<task>).
+    first_out, first_err = (str(p) for p in cluster.log_paths(job, job_id, 1))
+    assert first_out.endswith("1") and first_err.endswith("1"), (first_out, first_err)
+    service.log_array_distributor_ids(array_id, batch, job_id, first_out[:-1], first_err[:-1])
     elements = {ti: f"{job_id}.{i}" for i, ti in enumerate(ti_ids, start=1)}
-    paths = {}
-    for i, ti in enumerate(ti_ids, start=1):
-        stdout, stderr = cluster.log_paths(job, job_id, i)
-        paths[ti] = {"stdout": str(stdout), "stderr": str(stderr)}
-    service.log_distributor_ids(elements, paths)
     log.info(
         "Submitted array batch %s of %s elements as %s job %s with %s (at most %s at once)",
         batch, len(ti_ids), cluster.name, job_id, plan.resources.to_dict(), max_concurrent or "all",

@@ -824,6 +824,45 @@ class JobmonService:
                 ],
             )
 
+    def instantiate_array_batch(self, array_id: int, batch_num: int, token_hash: str, exit_record_dir: str) -> None:
+        """Q→I for one array batch, its shared token hash and each instance's exit record path
+        (``<dir>/ti-<id>.exit.json``): set-based, a constant number of statements for any batch size."""
+        batch = (TI.c.array_id == array_id) & (TI.c.array_batch_num == batch_num)
+        with self.session() as s:
+            ids = [r.id for r in s.execute(sa.select(TI.c.id).where(batch, TI.c.status == "Q"))]
+            transition_task_instances(s, ids, "I")
+            s.execute(
+                TI.update()
+                .where(batch)
+                .values(
+                    token_hash=token_hash,
+                    exit_record=sa.literal(f"{exit_record_dir}/ti-") + sa.cast(TI.c.id, sa.String) + ".exit.json",
+                )
+            )
+
+    def log_array_distributor_ids(
+        self, array_id: int, batch_num: int, job_id: str, stdout_prefix: str, stderr_prefix: str
+    ) -> None:
+        """I→O for one array batch submitted as job ``job_id``: element i (step i-1) is ``<job_id>.<i>``, its logs
+        ``<prefix><i>``. Set-based, right after the one qsub."""
+        batch = (TI.c.array_id == array_id) & (TI.c.array_batch_num == batch_num)
+        element = sa.cast(TI.c.array_step_id + 1, sa.String)
+        now = utcnow()
+        with self.session() as s:
+            s.execute(
+                TI.update()
+                .where(batch)
+                .values(
+                    distributor_id=sa.literal(f"{job_id}.") + element,
+                    stdout=sa.literal(stdout_prefix) + element,
+                    stderr=sa.literal(stderr_prefix) + element,
+                    submitted_date=now,
+                )
+            )
+            ids = [r.id for r in s.execute(sa.select(TI.c.id).where(batch, TI.c.status == "I"))]
+            report_by = now + timedelta(seconds=TASK_INSTANCE_HEARTBEAT_INTERVAL * REPORT_BY_BUFFER)
+            transition_task_instances(s, ids, "O", {"report_by_date": report_by})
+
     def log_distributor_ids(
         self, distributor_ids: Mapping[int, str], log_paths: Mapping[int, Mapping[str, str]] | None = None
     ) -> None:
