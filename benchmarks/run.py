@@ -153,8 +153,9 @@ def render_table() -> str:
         if doc:
             m = doc["machine"]
             lines.append(
-                f"- `{name}`: {doc['date']}, {doc['duration_s']} s; load average {m['load_average']} → "
-                f"{doc.get('load_average_end')}; {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
+                f"- `{name}`: {doc['date']}, {doc['duration_s']} s, library {m.get('code', {}).get('commit', '?')}; "
+                f"load average at the end {m['load_average']} (per-run loads in the JSON); "
+                f"{m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
                 f"kernel {m['kernel']}, {m['sge_version']} ({m['sge_slots']} slots), MariaDB "
                 f"{m['mariadb_version']}, Airflow {m['airflow_version']}, SQLAlchemy {m['sqlalchemy_version']}"
             )
