@@ -11,6 +11,10 @@ else
   echo "test: not root on Debian; Grid Engine and MariaDB tests will skip (CI=true makes them fail)"
 fi
 [ -f /etc/profile.d/jobmon-sge.sh ] && . /etc/profile.d/jobmon-sge.sh
+if [ "${CI:-}" = true ] && command -v qdel >/dev/null; then
+  # CI's single-host test cluster may be a reused machine: jobs left from an earlier session would hold the slots.
+  qdel -u '*' >/dev/null 2>&1 || true
+fi
 
 bash scripts/bootstrap.sh
 
