@@ -1,5 +1,9 @@
-"""JobmonTaskTrigger: waits in the triggerer until a Jobmon task instance ends. Read-only: it writes nothing but
-workflow-run heartbeats; ``execute_complete`` records the outcome (a trigger may run more than once)."""
+"""Triggers that wait in the triggerer until Jobmon task instances end.
+
+Read-only: they write nothing but workflow-run heartbeats and liveness marks (idempotent); ``execute_complete``
+records outcomes, since a trigger may run more than once. Every trigger of one process shares one poll
+(:class:`jobmon_airflow.watch.SharedWatcher`).
+"""
 
 from __future__ import annotations
 
@@ -12,84 +16,30 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, SharedWatcher, kill_instances, kill_task_instance
 
 
-class JobmonTaskTrigger(BaseTrigger):
+class _JobmonTrigger(BaseTrigger):
+    """Where to look (state database, cluster) and how often; subclasses add what they wait for."""
+
     def __init__(
         self,
-        task_instance_id: int,
-        job_id: str,
         cluster: dict[str, Any],
         jobmon_conn_id: str = "jobmon_default",
         poll_interval: float = 10.0,
         lost_grace_s: float = DEFAULT_LOST_GRACE_S,
     ) -> None:
         super().__init__()
-        self.task_instance_id = task_instance_id
-        self.job_id = job_id
         self.cluster = cluster
         self.jobmon_conn_id = jobmon_conn_id
         self.poll_interval = poll_interval
         self.lost_grace_s = lost_grace_s
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            "jobmon_airflow.triggers.JobmonTaskTrigger",
-            {
-                "task_instance_id": self.task_instance_id,
-                "job_id": self.job_id,
-                "cluster": self.cluster,
-                "jobmon_conn_id": self.jobmon_conn_id,
-                "poll_interval": self.poll_interval,
-                "lost_grace_s": self.lost_grace_s,
-            },
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        watcher = await SharedWatcher.get(self.jobmon_conn_id, self.cluster, self.poll_interval, self.lost_grace_s)
-        event = await watcher.wait(self.task_instance_id, self.job_id)
-        yield TriggerEvent(event)
-
-    async def on_kill(self) -> None:
-        """Airflow 3.3+: the user marked the deferred task failed/success or cleared it: delete the job."""
-        watcher = await SharedWatcher.get(self.jobmon_conn_id, self.cluster, self.poll_interval, self.lost_grace_s)
-        try:
-            await asyncio.to_thread(
-                kill_task_instance, watcher.poller.service, watcher.poller.cluster, self.task_instance_id, self.job_id
-            )
-        except Exception:  # best effort, as Airflow's own on_kill implementations: log and carry on
-            self.log.exception("Could not kill job %s of task instance %s", self.job_id, self.task_instance_id)
-
-
-class JobmonArrayTrigger(BaseTrigger):
-    """Waits until every live instance of a Jobmon array has ended (one shared poll for all of them).
-
-    The event carries only the outcomes the database does not already hold (exit records, accounting, lost
-    jobs), so it stays small for arrays of thousands of elements, and ``carry``: what the operator needs to go on
-    (``dag.test()`` drops ``defer(kwargs=...)``, the event reaches the operator everywhere).
-    """
-
-    def __init__(
-        self,
-        array_id: int,
-        cluster: dict[str, Any],
-        jobmon_conn_id: str = "jobmon_default",
-        poll_interval: float = 10.0,
-        lost_grace_s: float = DEFAULT_LOST_GRACE_S,
-        carry: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.array_id = array_id
-        self.carry = carry or {}
-        self.cluster = cluster
-        self.jobmon_conn_id = jobmon_conn_id
-        self.poll_interval = poll_interval
-        self.lost_grace_s = lost_grace_s
+    def _own_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
-            "jobmon_airflow.triggers.JobmonArrayTrigger",
+            f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "array_id": self.array_id,
-                "carry": self.carry,
+                **self._own_kwargs(),
                 "cluster": self.cluster,
                 "jobmon_conn_id": self.jobmon_conn_id,
                 "poll_interval": self.poll_interval,
@@ -99,6 +49,49 @@ class JobmonArrayTrigger(BaseTrigger):
 
     async def _watcher(self) -> SharedWatcher:
         return await SharedWatcher.get(self.jobmon_conn_id, self.cluster, self.poll_interval, self.lost_grace_s)
+
+
+class JobmonTaskTrigger(_JobmonTrigger):
+    """Waits until one task instance ends."""
+
+    def __init__(self, task_instance_id: int, job_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.task_instance_id = task_instance_id
+        self.job_id = job_id
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"task_instance_id": self.task_instance_id, "job_id": self.job_id}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        watcher = await self._watcher()
+        yield TriggerEvent(await watcher.wait(self.task_instance_id, self.job_id))
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: the user marked the deferred task failed/success or cleared it: delete the job."""
+        watcher = await self._watcher()
+        try:
+            await asyncio.to_thread(
+                kill_task_instance, watcher.poller.service, watcher.poller.cluster, self.task_instance_id, self.job_id
+            )
+        except Exception:  # best effort, as Airflow's own on_kill implementations: log and carry on
+            self.log.exception("Could not kill job %s of task instance %s", self.job_id, self.task_instance_id)
+
+
+class JobmonArrayTrigger(_JobmonTrigger):
+    """Waits until every live instance of a Jobmon array has ended.
+
+    The event carries only the outcomes the database does not already hold (exit records, accounting, lost
+    jobs), so it stays small for arrays of thousands of elements, and ``carry``: what the operator needs to go on
+    (``dag.test()`` drops ``defer(kwargs=...)``, the event reaches the operator everywhere).
+    """
+
+    def __init__(self, array_id: int, carry: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.array_id = array_id
+        self.carry = carry or {}
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"array_id": self.array_id, "carry": self.carry}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watcher = await self._watcher()
