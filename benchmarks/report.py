@@ -146,5 +146,19 @@ def rows(name: str, doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _f(s["ratio_to_published"]),
             )
         )
-        out.append(("tracking end to end", doc.get("tracking", "not measured"), "", ""))
+        t = doc.get("tracking")
+        if isinstance(t, dict):
+            jm, raw, q = t["jobmon"], t["raw_qsub_t"], t["queue"]
+            done = f"{jm['tasks_done']:,} done"
+            out.append(
+                (
+                    f"tracked end to end ({q['slots']} slots, poll {t['poll_interval_s']:g} s): wall time, {done}",
+                    f"{_f(jm['wall_s'], ' s')} ({_counts(jm['commands'])})",
+                    f"raw qsub -t 1-{doc['elements']} + qstat + qacct: {_f(raw['wall_s'], ' s')} "
+                    f"({_counts(raw['commands'])})",
+                    _f(t["ratio_wall"]),
+                )
+            )
+        else:
+            out.append(("tracking end to end", str(t or "not measured"), "", ""))
     return out

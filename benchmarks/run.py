@@ -7,7 +7,8 @@ Each benchmark runs in its own child process (its own Airflow home, connections 
 - b  ``mapped_services``    N mapped JobmonTaskOperator vs mapped BashOperator ``qsub -sync y``, real services
 - c  ``state_db``           MariaDB: bind 100k tasks, bulk transitions, heartbeats (in process and HTTP)
 - d  ``shared_poll``        qstat calls per poll interval with 500 deferred task triggers in one process
-- e  ``array_10k``          submission of a 10,000-element array (bind + queue + qsub -t batches)
+- e  ``array_10k``          a 10,000-element array: submission (bind + queue + qsub -t batches), then tracked
+                            end to end vs a raw ``qsub -t 1-10000`` (``--elements`` to change the size)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ BENCHMARKS = {
 }
 
 
-def run_one(key: str, sizes: list[int]) -> int:
+def run_one(key: str, sizes: list[int], elements: int) -> int:
     """In the child: prepare the environment first (Airflow reads it at import), then run and write."""
     from benchmarks.common import prepare_environment, write_result
 
@@ -42,7 +43,7 @@ def run_one(key: str, sizes: list[int]) -> int:
     started = time.monotonic()
     name = BENCHMARKS[key]
     module = __import__(f"benchmarks.{name}", fromlist=["run"])
-    kwargs: dict[str, Any] = {"sizes": sizes} if key in ("a", "b") else {}
+    kwargs: dict[str, Any] = {"sizes": sizes} if key in ("a", "b") else {"elements": elements} if key == "e" else {}
     result = module.run(**kwargs)
     if "runs" in result:
         result = merge_runs(name, result)
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated letters (default: all)")
     parser.add_argument("--sizes", default="200", help="N for a and b, comma-separated (default 200)")
+    parser.add_argument("--elements", type=int, default=10_000, help="array size for e (default 10000)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--table-only", action="store_true", help="only regenerate RESULTS.md")
     parser.add_argument(
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.child:
-        return run_one(args.child, sizes)
+        return run_one(args.child, sizes, args.elements)
     failed = []
     cwd, env = ROOT, dict(os.environ)
     if args.code and not args.table_only:
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unknown benchmark {key!r}: choose from {','.join(BENCHMARKS)}")
             log(f"== {key}: {BENCHMARKS[key]} (sizes {sizes})")
             cmd = [PY, "-m", "benchmarks.run", "--child", key, "--sizes", ",".join(map(str, sizes))]
+            cmd += ["--elements", str(args.elements)]
             rc = subprocess.run(cmd, cwd=cwd, env=env).returncode
             if rc != 0:
                 failed.append(key)
