@@ -29,16 +29,19 @@ How a job is submitted, and why (checked on the real cluster, see ``tests/integr
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
 import shlex
 import subprocess
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -744,11 +747,13 @@ class GridEngineCluster:
         pe: str = DEFAULT_PE,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
         limits_ttl: float = 300.0,
+        limits_cache_dir: Path | None = None,
     ) -> None:
         self.sge_root, self.sge_cell = sge_root, sge_cell
         self.queue, self.project, self.pe = queue, project, pe
         self.command_timeout = command_timeout
         self.limits_ttl = limits_ttl
+        self.limits_cache_dir = limits_cache_dir
         self.accounting = AccountingReader(Path(sge_root) / sge_cell / "common" / "accounting")
         self._limits: dict[str, tuple[float, QueueLimits]] = {}
 
@@ -866,11 +871,26 @@ class GridEngineCluster:
     # -- queues and logs
 
     def queue_limits(self, queue: str | None = None) -> QueueLimits:
-        """Limits of a queue (see :func:`parse_queue_limits`), cached for ``limits_ttl`` seconds."""
+        """Limits of a queue (see :func:`parse_queue_limits`), cached for ``limits_ttl`` seconds.
+
+        Cached in this process and, given ``limits_cache_dir``, in a file shared with the host's other processes:
+        every Airflow task runs in a process of its own, and the qconf calls would cost each one as much as its qsub.
+        """
         name = queue or self.queue or DEFAULT_QUEUE
         cached = self._limits.get(name)
         if cached and time.monotonic() - cached[0] < self.limits_ttl:
             return cached[1]
+        key = [self.sge_root, self.sge_cell, name, self.pe]  # the pe's slots cap max_cores
+        found = self._read_limits_file(key)
+        if found:
+            age, limits = found
+        else:
+            age, limits = 0.0, self._query_limits(name)
+            self._write_limits_file(key, limits)
+        self._limits[name] = (time.monotonic() - age, limits)
+        return limits
+
+    def _query_limits(self, name: str) -> QueueLimits:
         proc = self._run(["qconf", "-sq", _plain(name, "queue")])
         if proc.returncode != 0:
             raise ClusterError(f"queue {name!r}: qconf -sq failed: {self._output(proc)}")
@@ -879,9 +899,50 @@ class GridEngineCluster:
         if self.pe in re.split(r"[\s,]+", queue_conf.get("pe_list", "")):
             pe_proc = self._run(["qconf", "-sp", self.pe])
             pe_text = pe_proc.stdout if pe_proc.returncode == 0 else None
-        limits = parse_queue_limits(proc.stdout, pe_text=pe_text, exechost_texts=self._exechost_texts(queue_conf))
-        self._limits[name] = (time.monotonic(), limits)
-        return limits
+        return parse_queue_limits(proc.stdout, pe_text=pe_text, exechost_texts=self._exechost_texts(queue_conf))
+
+    def _limits_file(self, key: list[str]) -> Path | None:
+        if self.limits_cache_dir is None:
+            return None
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
+        return self.limits_cache_dir / f"queue-limits-{digest}.json"
+
+    def _read_limits_file(self, key: list[str]) -> tuple[float, QueueLimits] | None:
+        """(age in seconds, limits) from the cache file, or None when it is missing, stale or unreadable."""
+        path = self._limits_file(key)
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text())
+            age = time.time() - float(data["written"])
+            limits = QueueLimits(**data["limits"])
+            if data["key"] != key or asdict(limits) != data["limits"] or not _plausible(limits):
+                raise ValueError("not a cache entry for this queue")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.debug("ignoring queue limits cache %s: %s", path, exc)
+            return None
+        return (age, limits) if 0 <= age < self.limits_ttl else None
+
+    def _write_limits_file(self, key: list[str], limits: QueueLimits) -> None:
+        """Replace the cache file atomically; a failure is only logged (it must not fail a submission)."""
+        path = self._limits_file(key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"key": key, "written": time.time(), "limits": asdict(limits)}, f)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except (OSError, ValueError, TypeError) as exc:
+            log.debug("could not write queue limits cache %s: %s", path, exc)
 
     def _exechost_texts(self, queue_conf: Mapping[str, str], max_hosts: int = 32) -> list[str]:
         """``qconf -se`` of the queue's hosts (host groups resolved), or none for a queue of many hosts."""
@@ -904,6 +965,12 @@ class GridEngineCluster:
 
     def log_paths(self, job: JobRequest, job_id: str, element: int | None = None) -> tuple[Path, Path]:
         return log_file_paths(job.log_dir, job.name, job_id, element)
+
+
+def _plausible(limits: QueueLimits) -> bool:
+    """Whether limits read back from JSON have the types :func:`parse_queue_limits` gives them."""
+    numbers = [(limits.max_cores, int), (limits.max_memory, float), (limits.max_runtime, int)]
+    return isinstance(limits.name, str) and all(v is None or type(v) is t for v, t in numbers)
 
 
 def _array_status(job_id: str, elements: Sequence[JobStatus]) -> JobStatus:

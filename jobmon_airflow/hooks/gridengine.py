@@ -20,6 +20,7 @@ from jobmon_airflow.clusters.gridengine import (
     DEFAULT_SGE_ROOT,
     GridEngineCluster,
 )
+from jobmon_airflow.db import jobmon_home
 
 DEFAULT_POLL_INTERVAL_S = 30.0
 
@@ -82,6 +83,7 @@ class GridEngineHook(BaseHook):
             project=self._text("project"),
             pe=self._text("pe", DEFAULT_PE) or DEFAULT_PE,
             command_timeout=self._seconds("command_timeout", DEFAULT_COMMAND_TIMEOUT_S),
+            limits_cache_dir=jobmon_home() / "cache",  # queue limits shared by this host's task processes
         )
 
     def get_conn(self) -> GridEngineCluster:
