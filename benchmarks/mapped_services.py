@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +29,11 @@ from benchmarks.common import (
     shim_counts,
     wait_until,
 )
+from tests.support.airflow_services import AirflowAPI, airflow_services, services_env
 
 DB = "jobmon_test_bench_b"
 PARALLELISM = 8
 POLL_S = 1.0
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 DAGS = """
 from datetime import datetime
@@ -59,55 +54,7 @@ with DAG("bench_plain_{n}", schedule=None, start_date=datetime(2026, 1, 1), catc
 """
 
 
-class Airflow:
-    def __init__(self, base: str):
-        self.base = base
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read() or b"null")
-
-    def healthy(self) -> bool:
-        try:
-            return bool(self.request("GET", "/api/v2/monitor/health")["metadatabase"]["status"] == "healthy")
-        except (OSError, ValueError, KeyError):
-            return False
-
-    def unpause(self, dag_id: str) -> None:
-        deadline = time.monotonic() + 300
-        while True:  # the DAG processor needs a moment to parse the file
-            try:
-                self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-                return
-            except urllib.error.HTTPError as exc:
-                if exc.code != 404 or time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-
-    def trigger(self, dag_id: str) -> str:
-        return str(self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})["dag_run_id"])
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        return str(self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"])
-
-    def ti_states(self, dag_id: str, run_id: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        offset = 0
-        while True:
-            page = self.request(
-                "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100&offset={offset}"
-            )
-            for ti in page["task_instances"]:
-                out[str(ti["state"])] = out.get(str(ti["state"]), 0) + 1
-            offset += len(page["task_instances"])
-            if not page["task_instances"] or offset >= page["total_entries"]:
-                return out
-
-
-def _variant(af: Airflow, dag_id: str, shim_log: Path, timeout: float) -> dict[str, Any]:
+def _variant(af: AirflowAPI, dag_id: str, shim_log: Path, timeout: float) -> dict[str, Any]:
     _, start_line = shim_counts(shim_log)
     load = load_average()
     t0 = time.monotonic()
@@ -145,22 +92,9 @@ def run(sizes: list[int], timeout: float = 1800.0) -> dict[str, Any]:
     shim = make_shim(home / "shim", shim_log)
     fresh_database(DB)
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "JOBMON"))},
+        **services_env(home, dags, port, PARALLELISM),
         "PATH": f"{shim}:{os.environ['PATH']}",
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "JOBMON_AIRFLOW_HOME": str(home / "jobmon"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": base,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "JOBMON_AIRFLOW_STATE_MANAGER_URL": f"{base}/jobmon",
         "AIRFLOW_CONN_JOBMON_MARIADB": json.dumps({"conn_type": "mysql", **MARIADB, "schema": DB}),
         "AIRFLOW_CONN_JOBMON_DEFAULT": json.dumps(
             {"conn_type": "jobmon", "extra": {"mysql_conn_id": "jobmon_mariadb", "cluster": "gridengine"}}
@@ -170,41 +104,24 @@ def run(sizes: list[int], timeout: float = 1800.0) -> dict[str, Any]:
         ),
     }
     log("b: airflow db migrate")
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
-    procs = [
-        subprocess.Popen([AIRFLOW, *cmd], env=env, stdout=(logs / f"{cmd[0]}.log").open("w"),
-                         stderr=subprocess.STDOUT, start_new_session=True)
-        for cmd in (["api-server", "-H", "127.0.0.1", "-p", str(port)], ["scheduler"], ["dag-processor"],
-                    ["triggerer"])
-    ]  # fmt: skip
-    af = Airflow(base)
     runs = []
     try:
-        started = time.monotonic()
-        wait_until(af.healthy, 300, 1.0, "the API server")
-        log(f"b: services healthy after {time.monotonic() - started:.0f}s")
-        for n in sizes:
-            for dag_id in (f"bench_jobmon_{n}", f"bench_plain_{n}"):
-                af.unpause(dag_id)
-            others = sge_jobs_of_others()
-            log(f"b: N={n}: Jobmon mapped tasks")
-            jm = _variant(af, f"bench_jobmon_{n}", shim_log, timeout)
-            delete_jobs_named("bench_jm")
-            log(f"b: Jobmon {jm['wall_s']} s {jm['state']} {jm['commands']}; plain BashOperator qsub -sync y")
-            plain = _variant(af, f"bench_plain_{n}", shim_log, timeout)
-            delete_jobs_named("bench_plain")
-            log(f"b: plain {plain['wall_s']} s {plain['state']} {plain['commands']}")
-            runs.append({"n": n, "jobs_of_others_listed_before": others, "jobmon": jm, "plain": plain,
-                         "ratio_wall": round(jm["wall_s"] / plain["wall_s"], 3)})  # fmt: skip
+        with airflow_services(env, port, logs, migrate_timeout=600, stop_timeout=30, request_timeout=60) as af:
+            log(f"b: services healthy after {af.wait_healthy(300):.0f}s")
+            for n in sizes:
+                for dag_id in (f"bench_jobmon_{n}", f"bench_plain_{n}"):
+                    af.unpause(dag_id, timeout=300)
+                others = sge_jobs_of_others()
+                log(f"b: N={n}: Jobmon mapped tasks")
+                jm = _variant(af, f"bench_jobmon_{n}", shim_log, timeout)
+                delete_jobs_named("bench_jm")
+                log(f"b: Jobmon {jm['wall_s']} s {jm['state']} {jm['commands']}; plain BashOperator qsub -sync y")
+                plain = _variant(af, f"bench_plain_{n}", shim_log, timeout)
+                delete_jobs_named("bench_plain")
+                log(f"b: plain {plain['wall_s']} s {plain['state']} {plain['commands']}")
+                runs.append({"n": n, "jobs_of_others_listed_before": others, "jobmon": jm, "plain": plain,
+                             "ratio_wall": round(jm["wall_s"] / plain["wall_s"], 3)})  # fmt: skip
     finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
         delete_jobs_named("bench_jm")
         delete_jobs_named("bench_plain")
     return {
