@@ -61,8 +61,25 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     from jobmon_airflow.server.app import create_standalone_app
 
-    uvicorn.run(create_standalone_app(args.url), host=args.host, port=args.port, log_level="info")
+    # No access log by default: 100,000 running jobs make ~1,100 heartbeat requests a second.
+    options: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": "info", "access_log": args.access_log}
+    if args.workers == 1:
+        uvicorn.run(create_standalone_app(args.url), **options)
+        return 0
+    if args.url:  # each worker process builds its own app: it can only learn the URL from its environment
+        os.environ[SERVER_DB_URL_ENV] = args.url
+    uvicorn.run("jobmon_airflow.cli:_server_app", factory=True, workers=args.workers, **options)
     return 0
+
+
+SERVER_DB_URL_ENV = "JOBMON_AIRFLOW_SERVER_DB_URL"
+
+
+def _server_app() -> Any:
+    """The app of one ``server --workers N`` process."""
+    from jobmon_airflow.server.app import create_standalone_app
+
+    return create_standalone_app(os.environ.get(SERVER_DB_URL_ENV))
 
 
 def cmd_workflow_status(args: argparse.Namespace) -> int:
@@ -83,9 +100,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(Path(args.home).resolve(), tasks=args.tasks)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobmon-airflow", description=__doc__)
-    parser.add_argument("--url", help="state database URL (default: the jobmon_default connection or SQLite)")
+    parser.add_argument(
+        "--url",
+        help="state database URL (default: the jobmon_default connection or SQLite); a password in it shows in ps, "
+        "so prefer the connection (AIRFLOW_CONN_JOBMON_DEFAULT or Airflow's secrets backend)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     db_parser = sub.add_parser("db", help="state database")
@@ -95,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="run the Jobmon app (State Manager) standalone")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8790)
+    server.add_argument(
+        "--workers", type=_positive_int, default=1, help="server processes (each batches its own heartbeats)"
+    )
+    server.add_argument("--access-log", action="store_true", help="log every request (off: heartbeats are many)")
     server.set_defaults(func=cmd_server)
 
     wf = sub.add_parser("workflow", help="workflow status").add_subparsers(dest="wf_command", required=True)

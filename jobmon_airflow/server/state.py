@@ -6,14 +6,15 @@ Every route checks ``Authorization: Bearer <token>`` against the hash stored for
 
 from __future__ import annotations
 
-import threading
-import time
-from concurrent.futures import Future
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from jobmon_airflow import service, states
 
@@ -64,15 +65,19 @@ def get_service(request: Request) -> service.JobmonService:
 Svc = Annotated[service.JobmonService, Depends(get_service)]
 
 
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return credentials.credentials
+
+
 def authorized_instance(
     svc: Svc,
     task_instance_id: Annotated[int, Path(ge=1)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> int:
-    if credentials is None or not credentials.credentials:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
-        svc.authenticate(task_instance_id, credentials.credentials)
+        svc.authenticate(task_instance_id, _token(credentials))
     except service.Unauthorized as exc:
         raise HTTPException(403, str(exc)) from None
     return task_instance_id
@@ -98,51 +103,90 @@ def log_running(ti_id: TaskInstanceId, body: LogRunning, svc: Svc) -> StatusRepl
 
 
 class HeartbeatCoalescer:
-    """Concurrent heartbeat requests become one UPDATE per short window (``log_report_by_many``).
+    """Concurrent heartbeats become one token check and one UPDATE per short window (``authorized`` and
+    ``log_report_by_many``), off the event loop.
 
-    100,000 running jobs heartbeating every 90 s are ~1,100 requests/s; one statement and one commit per
-    request would make the database's commit rate the limit. Each request waits at most ``window`` seconds.
+    100,000 running jobs heartbeating every 90 s are ~1,100 requests/s; a database round trip, a statement and a
+    commit per request would make the database the limit, and a worker thread per waiting request the server's.
+    Each request waits at most ``window`` seconds plus one flush. Flushes run one at a time, so requests arriving
+    during a flush form the next batch.
     """
 
     def __init__(self, svc: service.JobmonService, window: float = 0.02) -> None:
         self.svc = svc
         self.window = window
-        self._pending: dict[int, tuple[float, list[Future[str]]]] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        threading.Thread(target=self._flush_forever, name="jobmon-heartbeats", daemon=True).start()
+        self._pending: dict[int, _Beats] = {}
+        self._flush: asyncio.Task[None] | None = None
 
-    def report(self, ti_id: int, next_report: float, timeout: float = 30.0) -> str:
-        future: Future[str] = Future()
-        with self._lock:
-            increment, waiters = self._pending.get(ti_id, (next_report, []))
-            self._pending[ti_id] = (max(increment, next_report), [*waiters, future])
-        self._wake.set()
-        return future.result(timeout)
+    async def report(self, ti_id: int, token: str, next_report: float) -> str:
+        """The instance's status after this heartbeat; :class:`service.Unauthorized` for a wrong token."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        beats = self._pending.setdefault(ti_id, _Beats())
+        beats.increment = max(beats.increment, next_report)
+        beats.waiters.append((token, future))
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._flush_soon())
+        return await future
 
-    def _flush_forever(self) -> None:
-        while True:
-            self._wake.wait()
-            time.sleep(self.window)  # let concurrent requests join this batch
-            with self._lock:
-                batch, self._pending = self._pending, {}
-                self._wake.clear()
+    async def _flush_soon(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.window)  # let concurrent requests join this batch
+            batch, self._pending = self._pending, {}
             try:
-                statuses = self.svc.log_report_by_many({i: inc for i, (inc, _) in batch.items()})
+                statuses, authorized = await asyncio.to_thread(self._write, batch)
             except Exception as exc:  # every waiter of this batch gets the error (→ 500, the worker retries)
-                for _, waiters in batch.values():
-                    for f in waiters:
-                        f.set_exception(exc)
+                for beats in batch.values():
+                    for _, future in beats.waiters:
+                        if not future.done():
+                            future.set_exception(exc)
                 continue
-            for ti_id, (_, waiters) in batch.items():
-                for f in waiters:
-                    f.set_result(statuses.get(ti_id, "unknown"))
+            for ti_id, beats in batch.items():
+                for token, future in beats.waiters:
+                    if future.done():  # the request was cancelled (client gone)
+                        continue
+                    if token in authorized[ti_id]:
+                        future.set_result(statuses.get(ti_id, "unknown"))
+                    else:
+                        future.set_exception(service.Unauthorized(f"token is not valid for task instance {ti_id}"))
+
+    def _write(self, batch: dict[int, _Beats]) -> tuple[dict[int, str], dict[int, set[str]]]:
+        authorized = self.svc.authorized({ti_id: [t for t, _ in beats.waiters] for ti_id, beats in batch.items()})
+        statuses = self.svc.log_report_by_many({i: b.increment for i, b in batch.items() if authorized[i]})
+        return statuses, authorized
 
 
-@router.post("/task_instance/{task_instance_id}/log_report_by")
-def log_report_by(ti_id: TaskInstanceId, body: LogReportBy, request: Request) -> StatusReply:
+@dataclass
+class _Beats:
+    """The heartbeats of one instance waiting for the next flush."""
+
+    increment: float = 0.0
+    waiters: list[tuple[str, asyncio.Future[str]]] = field(default_factory=list)
+
+
+async def log_report_by(request: Request) -> Response:
+    """``POST /task_instance/{id}/log_report_by``, the hot route (every running job, every ~90 s).
+
+    A plain Starlette endpoint: FastAPI's per-request dependency and validation machinery cost more than the
+    heartbeat itself (measured: 1.7× the requests per second without it). The contract is the other routes': 401
+    without a token, 403 for a token not issued to this instance, 422 naming a bad field. The heartbeat waits for
+    its batch on the event loop, not in a worker thread, and its token is checked with the batch's.
+    """
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return JSONResponse({"detail": "missing bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"})
+    try:
+        body = LogReportBy.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return JSONResponse({"detail": jsonable_encoder(exc.errors(include_url=False))}, 422)
     coalescer: HeartbeatCoalescer = request.app.state.heartbeats
-    return _reply(coalescer.report, ti_id, body.next_report_increment)
+    try:
+        status = await coalescer.report(request.path_params["task_instance_id"], token, body.next_report_increment)
+    except service.Unauthorized as exc:
+        return JSONResponse({"detail": str(exc)}, 403)
+    return Response(StatusReply(status=status).model_dump_json(), media_type="application/json")
+
+
+router.add_route(f"{router.prefix}/task_instance/{{task_instance_id:int}}/log_report_by", log_report_by, ["POST"])
 
 
 @router.post("/task_instance/{task_instance_id}/log_done")

@@ -60,6 +60,34 @@ def test_unknown_task_instance_is_403_not_a_leak(setup: tuple[TestClient, Jobmon
     assert response.status_code == 403
 
 
+def test_heartbeat_route_checks_the_token_with_its_batch(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
+    client, svc, (a, b) = setup
+    svc.log_running(a, "n", 1, "1", 279)
+    beat = {"next_report_increment": 279}
+    assert client.post(f"{BASE}/{a}/log_report_by", json=beat).status_code == 401
+    forged = client.post(f"{BASE}/{a}/log_report_by", json=beat, headers={"Authorization": "Bearer token-b"})
+    assert forged.status_code == 403
+    unknown = client.post(f"{BASE}/999/log_report_by", json=beat, headers={"Authorization": "Bearer token-a"})
+    assert unknown.status_code == 403
+    bad = client.post(
+        f"{BASE}/{a}/log_report_by", json={"next_report_increment": -1}, headers={"Authorization": "Bearer token-a"}
+    )
+    assert bad.status_code == 422 and "next_report_increment" in bad.text
+
+    def report_by() -> object:
+        with svc.engine.connect() as conn:
+            return conn.execute(
+                sa.select(models.TaskInstance.report_by_date).where(models.TaskInstance.id == a)
+            ).scalar()
+
+    before = report_by()
+    ok = client.post(
+        f"{BASE}/{a}/log_report_by", json={"next_report_increment": 5000}, headers={"Authorization": "Bearer token-a"}
+    )
+    assert ok.json() == {"status": "R"}
+    assert report_by() > before  # type: ignore[operator]
+
+
 def test_worker_lifecycle_over_http(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
     client, svc, (a, _) = setup
     auth = {"Authorization": "Bearer token-a"}
@@ -103,34 +131,33 @@ def test_bad_body_names_the_field(setup: tuple[TestClient, JobmonService, list[i
 def test_concurrent_heartbeats_are_coalesced_and_answer_each_caller(
     setup: tuple[TestClient, JobmonService, list[int]],
 ) -> None:
-    import threading
+    import asyncio
 
     from jobmon_airflow.server.state import HeartbeatCoalescer
+    from jobmon_airflow.service import Unauthorized, transition_task_instances
 
     _, svc, (a, b) = setup
     svc.log_running(a, "n", 1, "1", 279)
     svc.log_running(b, "n", 1, "2", 279)
-    svc.set_status_for_triaging()  # nothing overdue yet
     with svc.session() as s:  # b's heartbeats stopped: triaging
-        from jobmon_airflow.service import transition_task_instances
-
         transition_task_instances(s, [b], "T")
     statements: list[str] = []
-    import sqlalchemy as sa
-
     sa.event.listen(svc.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     coalescer = HeartbeatCoalescer(svc, window=0.2)
-    answers: dict[int, str] = {}
 
-    def beat(ti: int) -> None:
-        answers[ti] = coalescer.report(ti, 279)
+    async def beats() -> list[str | BaseException]:
+        return await asyncio.gather(
+            coalescer.report(a, "token-a", 279),
+            coalescer.report(b, "token-b", 279),
+            coalescer.report(a, "token-b", 279),  # a forged heartbeat in the same batch
+            return_exceptions=True,
+        )
 
-    threads = [threading.Thread(target=beat, args=(ti,)) for ti in (a, b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert answers == {a: "R", b: "R"}  # b's late heartbeat brought it back from triage (T→R)
+    answer_a, answer_b, forged = asyncio.run(beats())
+    assert (answer_a, answer_b) == ("R", "R")  # b's late heartbeat brought it back from triage (T→R)
+    assert isinstance(forged, Unauthorized)
     assert svc.status_of(b) == "R"
+    token_checks = [s for s in statements if "token_hash" in s.lower() and s.lstrip().upper().startswith("SELECT")]
+    assert len(token_checks) == 1  # the three tokens checked in one query
     updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE TASK_INSTANCE SET REPORT_BY_DATE")]
     assert any(" IN " in u.upper() for u in updates)  # both heartbeats in one statement
