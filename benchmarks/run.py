@@ -106,14 +106,17 @@ def merge_runs(name: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def pinned_copy(commit: str) -> Path:
-    """``git archive`` of ``commit`` with this checkout's benchmarks/ on top: the library stays as it was at that
-    commit while others keep editing the working tree. (Cluster jobs started without this environment, e.g. the
-    worker node, still import the working tree's package.)"""
+    """``git archive`` of ``commit`` with this checkout's benchmarks/ and tests/support/ on top: the library stays
+    as it was at that commit while others keep editing the working tree. (Cluster jobs started without this
+    environment, e.g. the worker node, still import the working tree's package.)"""
     dest = Path(tempfile.mkdtemp(prefix=f"jobmon-code-{commit[:10]}-"))
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     shutil.rmtree(dest / "benchmarks", ignore_errors=True)
     shutil.copytree(ROOT / "benchmarks", dest / "benchmarks", ignore=shutil.ignore_patterns("results", "__pycache__"))
+    # The benchmarks' own helpers shared with the tests (Airflow's services), also as they are now.
+    shutil.copytree(ROOT / "tests" / "support", dest / "tests" / "support", dirs_exist_ok=True)
+    (dest / "tests" / "__init__.py").touch()
     return dest
 
 

@@ -73,18 +73,27 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def _insert_ignoring_duplicates(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Bulk insert that leaves existing rows (same unique key) alone: the basis of idempotent binding."""
+def _insert_ignoring_duplicates(
+    session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], update: Sequence[str] = ()
+) -> None:
+    """Bulk insert that leaves existing rows (same unique key) alone, the basis of idempotent binding; or, with
+    ``update``, sets those columns of an existing row from the new one (rows then carry their primary key)."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
+    pk = next(iter(table.primary_key.columns))
     stmt: Any
     if dialect == "sqlite":
-        stmt = sqlite_dialect.insert(table).on_conflict_do_nothing()
+        lite = sqlite_dialect.insert(table)
+        stmt = (
+            lite.on_conflict_do_update(index_elements=[pk], set_={c: lite.excluded[c] for c in update})
+            if update
+            else lite.on_conflict_do_nothing()
+        )
     elif dialect in ("mysql", "mariadb"):
-        pk = next(iter(table.primary_key.columns))
-        stmt = mysql_dialect.insert(table)
-        stmt = stmt.on_duplicate_key_update({pk.name: pk})  # "id = id": keep the existing row untouched
+        my = mysql_dialect.insert(table)
+        # "id = id" keeps the existing row untouched
+        stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in update} if update else {pk.name: pk})
     else:  # pragma: no cover - only SQLite and MySQL/MariaDB are supported
         raise NotImplementedError(dialect)
     for chunk in _chunks(list(rows)):
@@ -452,16 +461,14 @@ class JobmonService:
             existing = self._bound_tasks(s, workflow_id, specs, mutable)
             # New tasks: one multi-row insert (duplicates from a concurrent binder are left alone).
             _insert_ignoring_duplicates(s, TASK, [r for r in rows if key(r) not in existing])
-            # Re-binding after a DAG change updates what a task runs with, never its status; unchanged rows
-            # cost nothing.
+            # Re-binding after a DAG change updates what a task runs with, never its status: one multi-row upsert
+            # by id (an UPDATE per row would be a round trip per task); unchanged rows cost nothing.
             changed = [
-                {"b_id": existing[key(r)]["id"]} | {k: r[k] for k in mutable}
+                r | {"id": existing[key(r)]["id"]}
                 for r in rows
                 if key(r) in existing and any(existing[key(r)][k] != r[k] for k in mutable)
             ]
-            stmt = TASK.update().where(TASK.c.id == sa.bindparam("b_id")).values({k: sa.bindparam(k) for k in mutable})
-            for chunk in _chunks(changed):
-                s.execute(stmt, list(chunk))
+            _insert_ignoring_duplicates(s, TASK, changed, update=mutable)
             if any(key(r) not in existing for r in rows):  # some were new: read their ids back
                 existing = self._bound_tasks(s, workflow_id, specs, ())
             return [existing[(t.airflow_task_id, t.map_index, t.node_args_hash)]["id"] for t in specs]

@@ -61,7 +61,7 @@ def test_unknown_task_instance_is_403_not_a_leak(setup: tuple[TestClient, Jobmon
 
 
 def test_heartbeat_route_checks_the_token_with_its_batch(setup: tuple[TestClient, JobmonService, list[int]]) -> None:
-    client, svc, (a, b) = setup
+    client, svc, (a, _) = setup
     svc.log_running(a, "n", 1, "1", 279)
     beat = {"next_report_increment": 279}
     assert client.post(f"{BASE}/{a}/log_report_by", json=beat).status_code == 401
