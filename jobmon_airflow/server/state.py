@@ -108,8 +108,8 @@ class HeartbeatCoalescer:
 
     100,000 running jobs heartbeating every 90 s are ~1,100 requests/s; a database round trip, a statement and a
     commit per request would make the database the limit, and a worker thread per waiting request the server's.
-    Each request waits at most ``window`` seconds plus one flush. Flushes run one at a time, so requests arriving
-    during a flush form the next batch.
+    A request waits for at most ``window`` seconds plus two flushes: flushes run one at a time, and requests
+    arriving during one form the next batch.
     """
 
     def __init__(self, svc: service.JobmonService, window: float = 0.02) -> None:
@@ -129,8 +129,8 @@ class HeartbeatCoalescer:
         return await future
 
     async def _flush_soon(self) -> None:
-        while self._pending:
-            await asyncio.sleep(self.window)  # let concurrent requests join this batch
+        await asyncio.sleep(self.window)  # let concurrent requests join the first batch
+        while self._pending:  # later batches: whatever arrived while the last one was written
             batch, self._pending = self._pending, {}
             try:
                 statuses, authorized = await asyncio.to_thread(self._write, batch)
@@ -167,7 +167,8 @@ async def log_report_by(request: Request) -> Response:
     """``POST /task_instance/{id}/log_report_by``, the hot route (every running job, every ~90 s).
 
     A plain Starlette endpoint: FastAPI's per-request dependency and validation machinery cost more than the
-    heartbeat itself (measured: 1.7× the requests per second without it). The contract is the other routes': 401
+    batched heartbeat itself (one server process, 512 connections: 3,454 heartbeats/s this way, 2,112/s as a
+    FastAPI route). The contract is the other routes': 401
     without a token, 403 for a token not issued to this instance, 422 naming a bad field. The heartbeat waits for
     its batch on the event loop, not in a worker thread, and its token is checked with the batch's.
     """
