@@ -161,7 +161,7 @@ def _tracked(n: int, tag: str) -> dict[str, Any]:
     ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
     with op.service.engine.connect() as conn:
         joined = ti.join(task, task.c.id == ti.c.task_id).join(wf, wf.c.id == task.c.workflow_id)
-        by_status = dict(
+        by_status: dict[str, int] = dict(
             conn.execute(
                 sa.select(ti.c.status, sa.func.count())
                 .select_from(joined)

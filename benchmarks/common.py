@@ -121,7 +121,7 @@ def code_under_test() -> dict[str, Any]:
     return {"jobmon_airflow_from": str(tree), "commit": head, "pinned_copy": False, "uncommitted": dirty}
 
 
-def machine() -> dict[str, Any]:
+def machine(code: dict[str, Any] | None = None) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in line)
@@ -147,7 +147,7 @@ def machine() -> dict[str, Any]:
         "sqlalchemy_version": sqlalchemy.__version__,
         "python": platform.python_version(),
         "sge_jobs_listed_at_start": sge_jobs_of_others(),
-        "code": code_under_test(),
+        "code": code or code_under_test(),
     }
 
 
@@ -291,13 +291,14 @@ def bench_queue(name: str, slots: int, like: str = "all.q") -> Iterator[str]:
 # -- results ------------------------------------------------------------------------------------------------------
 
 
-def write_result(name: str, result: dict[str, Any], started: float) -> Path:
+def write_result(name: str, result: dict[str, Any], started: float, code: dict[str, Any] | None = None) -> Path:
+    """``code``: what :func:`code_under_test` said when the run started (a long run outlives commits)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - started, 1),
-        "machine": machine(),
+        "machine": machine(code),
         "load_average_end": load_average(),
         **result,
     }

@@ -37,17 +37,17 @@ BENCHMARKS = {
 
 def run_one(key: str, sizes: list[int], elements: int) -> int:
     """In the child: prepare the environment first (Airflow reads it at import), then run and write."""
-    from benchmarks.common import prepare_environment, write_result
+    from benchmarks.common import code_under_test, prepare_environment, write_result
 
     prepare_environment()
-    started = time.monotonic()
+    started, code = time.monotonic(), code_under_test()  # the code as it is now, not when the run ends
     name = BENCHMARKS[key]
     module = __import__(f"benchmarks.{name}", fromlist=["run"])
     kwargs: dict[str, Any] = {"sizes": sizes} if key in ("a", "b") else {"elements": elements} if key == "e" else {}
     result = module.run(**kwargs)
     if "runs" in result:
-        result = merge_runs(name, result)
-    path = write_result(name, result, started)
+        result = merge_runs(name, result, code)
+    path = write_result(name, result, started, code)
     log(f"{name}: wrote {path}")
     return 0
 
@@ -89,14 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def merge_runs(name: str, result: dict[str, Any]) -> dict[str, Any]:
+def merge_runs(name: str, result: dict[str, Any], code: dict[str, Any]) -> dict[str, Any]:
     """Keep the earlier runs of other sizes (a run of N=1000 must not erase the N=200 one); each run is stamped
     with its date and the code it measured."""
     from datetime import UTC, datetime
 
-    from benchmarks.common import code_under_test
-
-    stamp = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "code": code_under_test()}
+    stamp = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "code": code}
     new = [{**stamp, **r} for r in result["runs"]]
     sizes = {r["n"] for r in new}
     old_doc = _load(name) or {}

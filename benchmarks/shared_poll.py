@@ -137,8 +137,8 @@ def run(triggers: int = 500, poll_interval: float = 2.0, intervals: int = 10) ->
             "wall_s": round(submit_s, 1),
             "per_task_s": round(submit_s / triggers, 3),
             "commands": submit_counts,
-            "note": "each operator instance builds its own GridEngineCluster, so qconf (queue limits) is asked "
-            "per task here as in separate Airflow worker processes",
+            "note": "each operator instance builds its own GridEngineCluster, as separate Airflow worker "
+            "processes do; their queue limits come from qconf, or from the host's file cache when it is fresh",
         },
         "queue_disabled_during": "submission and the polling window (qmod -d all.q; re-enabled in a finally)",
         "jobs_of_others_listed_before": others,
