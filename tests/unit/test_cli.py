@@ -46,3 +46,61 @@ def test_bad_arguments_exit_with_usage() -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["workflow", "tasks"])
     assert exc.value.code == 2
+
+
+def test_server_workers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["server", "--workers", "0"])
+    assert exc.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_server_with_two_workers_serves_heartbeats_from_the_url_given(tmp_path: Path) -> None:
+    """``--workers 2``: each uvicorn process builds its own app, so the URL must reach them through the environment."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from jobmon_airflow.service import hash_token
+    from tests.conftest import free_port
+
+    url = f"sqlite:///{tmp_path / 'server.sqlite'}"
+    svc = JobmonService(db.get_engine(url))
+    db.upgrade(svc.engine)
+    run = svc.bind_workflow_run(dag_id="d", run_id="r")
+    tasks = svc.bind_tasks(run.workflow_id, [TaskSpec("t", "t", "true")])
+    (ti,) = svc.queue_task_instances(
+        run.workflow_run_id, svc.cluster_id("local", "local"), tasks, Resources(), "O", QueueLimits("local")
+    )
+    svc.instantiate([ti], {ti: hash_token("tok")}, {})
+    svc.log_distributor_ids({ti: "7"})
+    svc.log_running(ti, "node", 1, "7", 100)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != cli.SERVER_DB_URL_ENV}
+    argv = [sys.executable, "-m", "jobmon_airflow.cli", "--url", url, "server", "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/jobmon/api/state/task_instance/{ti}/log_report_by",
+        data=json.dumps({"next_report_increment": 100}).encode(),
+        headers={"Authorization": "Bearer tok", "Content-Type": "application/json"},
+    )
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the server did not answer within 60 s"
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answer = json.loads(response.read())
+            except urllib.error.HTTPError as exc:  # e.g. 403: a worker looked in another database
+                pytest.fail(f"heartbeat refused: {exc.code} {exc.read()[:200]!r}")
+            except OSError:  # not listening yet
+                time.sleep(0.3)
+        assert answer == {"status": "R"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
