@@ -27,22 +27,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from benchmarks.array_vs_qsub import jobmon_array, raw_array
 from benchmarks.common import (
     RESULTS,
     CommandCounter,
-    RawCommands,
     bench_queue,
-    delete_jobs_named,
     fresh_database,
     init_airflow_db,
-    listed_job_ids,
     load_average,
     log,
-    run_dag,
     set_connections,
     sge_jobs_of_others,
     state_manager,
-    wait_until,
 )
 
 DB = "jobmon_test_bench_e"
@@ -132,89 +128,6 @@ def _submit(n: int, tag: str, profile: bool = False) -> dict[str, Any]:
     return out
 
 
-def _tracked(n: int, tag: str) -> dict[str, Any]:
-    import sqlalchemy as sa
-    from airflow.sdk import DAG
-
-    from jobmon_airflow import models
-    from jobmon_airflow.operators import JobmonArrayOperator
-    from jobmon_airflow.templates import TaskTemplate
-
-    template = TaskTemplate(name="trivial", command_template="true {i}", node_args=["i"])
-    with DAG(f"bench_10k_tracked_{tag}", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
-        op = JobmonArrayOperator(
-            task_id="bench_10k_tracked",
-            task_template=template,
-            node_args={"i": list(range(n))},
-            compute_resources={"queue": QUEUE, "memory": MEMORY, "runtime": "10m"},
-            poll_interval=POLL_S,
-            cluster="gridengine",
-        )
-    load = load_average()
-    with CommandCounter() as counter:
-        t0 = time.monotonic()
-        try:
-            dag_run = run_dag(dag)
-        finally:
-            delete_jobs_named("bench_10k")
-        wall = time.monotonic() - t0
-    ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
-    with op.service.engine.connect() as conn:
-        joined = ti.join(task, task.c.id == ti.c.task_id).join(wf, wf.c.id == task.c.workflow_id)
-        by_status: dict[str, int] = dict(
-            conn.execute(
-                sa.select(ti.c.status, sa.func.count())
-                .select_from(joined)
-                .where(wf.c.dag_id == dag.dag_id)
-                .group_by(ti.c.status)
-            ).all()
-        )
-        tasks_done = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(task.join(wf, wf.c.id == task.c.workflow_id))
-            .where(wf.c.dag_id == dag.dag_id, task.c.status == "D")
-        ).scalar_one()
-    return {
-        "dag_run_state": str(dag_run.state),
-        "wall_s": round(wall, 1),
-        "elements_per_s": round(n / wall, 2),
-        "tasks_done": tasks_done,
-        "task_instances_by_status": by_status,
-        "commands": counter.snapshot(),
-        "seconds_in_commands": counter.seconds_snapshot(),
-        "load_average_before": load,
-        "load_average_after": load_average(),
-    }
-
-
-def _raw(n: int, log_dir: Path) -> dict[str, Any]:
-    raw = RawCommands()
-    load = load_average()
-    t0 = time.monotonic()
-    argv = ["qsub", "-terse", "-t", f"1-{n}", "-q", QUEUE, "-l", f"h_vmem={MEMORY}", "-b", "y", "-N", "bench_raw_10k"]
-    proc = raw.run([*argv, "-o", str(log_dir), "-e", str(log_dir), "true"], check=True)
-    job_id = proc.stdout.strip().split(".")[0]
-    try:
-        wait_until(lambda: job_id not in listed_job_ids(raw), timeout=4 * 3600, interval=POLL_S, what="qstat")
-
-        def records() -> int:
-            out = raw.run(["qacct", "-j", job_id]).stdout
-            return sum(1 for line in out.splitlines() if line.startswith("jobnumber"))
-
-        wait_until(lambda: records() >= n, timeout=600, interval=POLL_S, what="accounting")
-    finally:
-        delete_jobs_named("bench_raw_10k")
-    wall = time.monotonic() - t0
-    return {
-        "job_id": job_id,
-        "wall_s": round(wall, 1),
-        "elements_per_s": round(n / wall, 2),
-        "commands": raw.snapshot(),
-        "load_average_before": load,
-        "load_average_after": load_average(),
-    }
-
-
 def run(elements: int = 10_000) -> dict[str, Any]:
     url = fresh_database(DB)
     log_dir = Path(os.environ["JOBMON_AIRFLOW_HOME"]) / "sge-logs"
@@ -228,10 +141,14 @@ def run(elements: int = 10_000) -> dict[str, Any]:
     log(f"e: {first['wall_s']} s, {first['qsub_calls']} qsub; profiled run")
     profiled = _submit(elements, f"{int(time.time())}p", profile=True)
     log(f"e: profiled {profiled['wall_s']} s; tracking {elements} elements end to end in {QUEUE} ({SLOTS} slots)")
+    tag = str(int(time.time()))
     with bench_queue(QUEUE, SLOTS), state_manager(url):
-        tracked = _tracked(elements, f"{int(time.time())}")
+        resources = {"queue": QUEUE, "memory": MEMORY, "runtime": "10m"}
+        tracked = jobmon_array(elements, tag, task_id="bench_10k_tracked", compute_resources=resources, poll=POLL_S)
         log(f"e: Jobmon tracked {tracked['wall_s']} s ({tracked['dag_run_state']}); raw qsub -t 1-{elements}")
-        raw = _raw(elements, log_dir)
+        raw = raw_array(
+            elements, log_dir, name="bench_raw_10k", qsub_options=["-q", QUEUE, "-l", f"h_vmem={MEMORY}"], poll=POLL_S
+        )
         log(f"e: raw {raw['wall_s']} s")
     return {
         "elements": elements,

@@ -12,6 +12,7 @@ the ratio is against their mean.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,53 +30,55 @@ from benchmarks.common import (
     set_connections,
     sge_jobs_of_others,
     state_manager,
-    wait_until,
 )
+from tests.support.airflow_services import wait_for
 
 DB = "jobmon_test_bench_a"
 POLL_S = 1.0
 SANDWICH_MAX_N = 500  # above this, raw → Jobmon only (a second raw run of 1000 trivial jobs takes ~17 min)
 
 
-def raw_array(n: int, log_dir: Path) -> dict[str, Any]:
+def raw_array(
+    n: int, log_dir: Path, *, name: str = "bench_raw", qsub_options: Sequence[str] = (), poll: float = POLL_S
+) -> dict[str, Any]:
+    """``qsub -t 1-N`` of ``true``, then qstat every ``poll`` s until it left, then qacct until N records."""
     raw = RawCommands()
     load = load_average()
     t0 = time.monotonic()
-    proc = raw.run(
-        [
-            "qsub",
-            "-terse",
-            "-t",
-            f"1-{n}",
-            "-b",
-            "y",
-            "-N",
-            "bench_raw",
-            "-o",
-            str(log_dir),
-            "-e",
-            str(log_dir),
-            "true",
-        ],
-        check=True,
-    )
+    argv = [
+        "qsub",
+        "-terse",
+        "-t",
+        f"1-{n}",
+        *qsub_options,
+        "-b",
+        "y",
+        "-N",
+        name,
+        "-o",
+        str(log_dir),
+        "-e",
+        str(log_dir),
+    ]
+    proc = raw.run([*argv, "true"], check=True)
     job_id = proc.stdout.strip().split(".")[0]
     submitted = time.monotonic() - t0
     try:
-        wait_until(lambda: job_id not in listed_job_ids(raw), timeout=3 * 3600, interval=POLL_S, what="qstat")
+        wait_for(lambda: job_id not in listed_job_ids(raw), 4 * 3600, "qstat", poll)
         left_qstat = time.monotonic() - t0
 
         def records() -> int:
             out = raw.run(["qacct", "-j", job_id]).stdout
             return sum(1 for line in out.splitlines() if line.startswith("jobnumber"))
 
-        wait_until(lambda: records() >= n, timeout=600, interval=POLL_S, what="accounting")
+        wait_for(lambda: records() >= n, 600, "accounting", poll)
     finally:
-        delete_jobs_named("bench_raw")
+        delete_jobs_named(name)
     wall = time.monotonic() - t0
     return {
         "job_id": job_id,
         "wall_s": round(wall, 1),
+        "elements_per_s": round(n / wall, 2),
         "qsub_s": round(submitted, 3),
         "left_qstat_s": round(left_qstat, 1),
         "commands": raw.snapshot(),
@@ -84,19 +87,31 @@ def raw_array(n: int, log_dir: Path) -> dict[str, Any]:
     }
 
 
-def jobmon_array(n: int, tag: str) -> dict[str, Any]:
+def jobmon_array(
+    n: int,
+    tag: str,
+    *,
+    task_id: str = "bench_arr",
+    compute_resources: Mapping[str, Any] | None = None,
+    poll: float = POLL_S,
+) -> dict[str, Any]:
+    """``dag.test()`` of one JobmonArrayOperator of N ``true`` elements until the DAG run is over; what became of
+    the elements, from the Jobmon DB."""
+    import sqlalchemy as sa
     from airflow.sdk import DAG
 
+    from jobmon_airflow import models
     from jobmon_airflow.operators import JobmonArrayOperator
     from jobmon_airflow.templates import TaskTemplate
 
     template = TaskTemplate(name="trivial", command_template="true {i}", node_args=["i"])
-    with DAG(f"bench_array_{tag}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
-        JobmonArrayOperator(
-            task_id="bench_arr",
+    with DAG(f"{task_id}_{tag}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        op = JobmonArrayOperator(
+            task_id=task_id,
             task_template=template,
             node_args={"i": list(range(n))},
-            poll_interval=POLL_S,
+            compute_resources=compute_resources,
+            poll_interval=poll,
             cluster="gridengine",
         )
     load = load_average()
@@ -105,12 +120,32 @@ def jobmon_array(n: int, tag: str) -> dict[str, Any]:
         try:
             dag_run = run_dag(dag)
         finally:
-            delete_jobs_named("bench_arr")
+            delete_jobs_named(task_id)
         wall = time.monotonic() - t0
+    ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
+    with op.service.engine.connect() as conn:
+        by_status = {
+            status: count
+            for status, count in conn.execute(
+                sa.select(ti.c.status, sa.func.count())
+                .select_from(ti.join(task, task.c.id == ti.c.task_id).join(wf, wf.c.id == task.c.workflow_id))
+                .where(wf.c.dag_id == dag.dag_id)
+                .group_by(ti.c.status)
+            )
+        }
+        tasks_done = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(task.join(wf, wf.c.id == task.c.workflow_id))
+            .where(wf.c.dag_id == dag.dag_id, task.c.status == "D")
+        ).scalar_one()
     return {
         "dag_run_state": str(dag_run.state),
         "wall_s": round(wall, 1),
+        "elements_per_s": round(n / wall, 2),
+        "tasks_done": tasks_done,
+        "task_instances_by_status": by_status,
         "commands": counter.snapshot(),
+        "seconds_in_commands": counter.seconds_snapshot(),
         "qacct_note": "Jobmon reads the accounting file directly: no qacct calls",
         "load_average_before": load,
         "load_average_after": load_average(),

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,15 +246,6 @@ def listed_job_ids(raw: RawCommands | None = None) -> set[str]:
     argv = ["qstat", "-u", "*"]
     out = raw.run(argv).stdout if raw else _cmd(argv)
     return {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 1.0, what: str = "") -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 @contextmanager

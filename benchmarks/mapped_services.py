@@ -27,9 +27,8 @@ from benchmarks.common import (
     make_shim,
     sge_jobs_of_others,
     shim_counts,
-    wait_until,
 )
-from tests.support.airflow_services import AirflowAPI, airflow_services, services_env
+from tests.support.airflow_services import AirflowAPI, airflow_services, services_env, wait_for
 
 DB = "jobmon_test_bench_b"
 PARALLELISM = 8
@@ -61,7 +60,7 @@ def _variant(af: AirflowAPI, dag_id: str, shim_log: Path, timeout: float) -> dic
     run_id = af.trigger(dag_id)
     state = "running"
     try:
-        wait_until(lambda: af.run_state(dag_id, run_id) in ("success", "failed"), timeout, 1.0, dag_id)
+        wait_for(lambda: af.run_state(dag_id, run_id) in ("success", "failed"), timeout, dag_id)
         state = af.run_state(dag_id, run_id)
     except TimeoutError:
         state = f"not finished after {timeout:.0f}s"

@@ -138,7 +138,8 @@ def _hb_http_process(
 
 
 def _processes(work: Callable[..., int], args_per_proc: list[tuple[Any, ...]]) -> int:
-    """Run ``work(*args, start_at)`` in one spawned process per entry, all starting at the same moment; total."""
+    """Run ``work(*args[:-1], start_at, seconds)`` (``seconds`` = ``args[-1]``) in one spawned process per entry,
+    all starting at the same moment ``start_at``; the total of their counts."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -153,7 +154,8 @@ HTTP_CLIENT_PROCESSES, HTTP_CONNECTIONS_EACH = 2, 256
 
 
 def _http_heartbeats(url: str, hb_ti: Sequence[int], token: str, workers: int, seconds: float) -> dict[str, Any]:
-    from benchmarks.common import free_port, wait_until
+    from benchmarks.common import free_port
+    from tests.support.airflow_services import wait_for
 
     port = free_port()
     # The database URL goes in the connection's environment variable, not on the command line (ps shows argv).
@@ -173,7 +175,7 @@ def _http_heartbeats(url: str, hb_ti: Sequence[int], token: str, workers: int, s
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        wait_until(lambda: _port_open(port), 60, 0.2, "the State Manager")
+        wait_for(lambda: _port_open(port), 60, "the State Manager", 0.2)
         procs = HTTP_CLIENT_PROCESSES
         http_calls = _processes(
             _hb_http_process, [(port, token, hb_ti[p::procs], HTTP_CONNECTIONS_EACH, seconds) for p in range(procs)]
