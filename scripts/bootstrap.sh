@@ -23,6 +23,8 @@ want=$(cat requirements.lock setup.cfg | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.jobmon-lock 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing the locked environment into .venv"
   export UV_PYTHON_DOWNLOADS=never
+  # Trust the system's CA store, as pip does: uv's bundled roots miss a site's own CA (TLS-inspecting proxies).
+  export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
   .venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode --no-deps -r requirements.lock
   .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
   echo "$want" > .venv/.jobmon-lock
