@@ -1100,8 +1100,9 @@ class JobmonService:
             return str(current)
 
     def log_report_by_many(self, next_reports: Mapping[int, float]) -> dict[int, str]:
-        """Many heartbeats at once: one UPDATE for every running instance (the State Manager coalesces concurrent
-        requests into this); the rare others (triaging, killed, ended) take :meth:`log_report_by` one by one."""
+        """Many heartbeats at once (the State Manager coalesces concurrent requests into this): one UPDATE for the
+        running instances, and one transition back to R for the triaging ones whose heartbeats came late (after a
+        network partition, thousands at once); killed or ended instances just report their status."""
         if not next_reports:
             return {}
         deadline = utcnow() + timedelta(seconds=max(next_reports.values()))
@@ -1111,10 +1112,17 @@ class JobmonService:
                 s.execute(TI.update().where(TI.c.id.in_(chunk), TI.c.status == "R").values(report_by_date=deadline))
                 for r in s.execute(sa.select(TI.c.id, TI.c.status).where(TI.c.id.in_(chunk))):
                     out[r.id] = r.status
-        for ti_id in next_reports:
-            if out.get(ti_id) != "R":
-                out[ti_id] = self.log_report_by(ti_id, next_reports[ti_id]) if ti_id in out else "unknown"
-        return out
+            late = [i for i, status in out.items() if status == states.TaskInstanceStatus.TRIAGING]
+            triaging: list[int] = []
+            for chunk in _chunks(late):  # locked and read again: one that ended meanwhile is left as it is
+                triaging += s.execute(
+                    sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status == "T").with_for_update()
+                ).scalars()
+            back = transition_task_instances(s, triaging, "R")
+            for chunk in _chunks(back):
+                s.execute(TI.update().where(TI.c.id.in_(chunk)).values(report_by_date=deadline))
+            out.update(dict.fromkeys(back, "R"))
+        return {ti_id: out.get(ti_id, "unknown") for ti_id in next_reports}
 
     def log_done(self, ti_id: int, nodename: str | None, usage: Mapping[str, Any] | None) -> str:
         with self.session() as s:

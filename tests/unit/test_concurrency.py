@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from jobmon_airflow import db, models, states
 from jobmon_airflow.resources import QueueLimits, Resources
 from jobmon_airflow.service import TASK, TI, WF, WFR, JobmonService, TaskSpec, utcnow
+from tests.support.databases import drop_everything
 
 
 def table_of(model: type[models.Base]) -> sa.Table:
@@ -43,14 +44,6 @@ Outcome = tuple[Any, ...]  # ("ok", value) or ("raise", exception class name, me
 
 # --------------------------------------------------------------------------------------------------------------
 # Databases
-
-
-def drop_everything(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
-        for table in sa.inspect(conn).get_table_names():
-            conn.exec_driver_sql(f"DROP TABLE `{table}`")
-        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
 
 
 @pytest.fixture

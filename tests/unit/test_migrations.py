@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
 from jobmon_airflow import db, models, states
+from tests.support.databases import drop_everything
 
 
 def table_of(model: type[models.Base]) -> sa.Table:
@@ -38,19 +39,6 @@ HOT_INDEXES = [
     ("task_instance", ["distributor_id"]),
     ("workflow_run", ["status", "heartbeat_date"]),
 ]
-
-
-def drop_everything(engine: Engine) -> None:
-    """Every table of the database, Jobmon's version table included: the next upgrade starts from nothing."""
-    with engine.begin() as conn:
-        if conn.dialect.name in ("mysql", "mariadb"):
-            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
-            for table in sa.inspect(conn).get_table_names():
-                conn.exec_driver_sql(f"DROP TABLE `{table}`")
-            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
-        else:
-            for table in sa.inspect(conn).get_table_names():
-                conn.exec_driver_sql(f'DROP TABLE "{table}"')
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])

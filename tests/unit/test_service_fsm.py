@@ -25,6 +25,7 @@ from jobmon_airflow import db, models, service, states
 from jobmon_airflow.resources import QueueLimits, Resources
 from jobmon_airflow.service import TASK, TI, WF, WFR, JobmonService, TaskSpec
 from jobmon_airflow.states import IllegalTransition
+from tests.support.databases import drop_everything
 
 
 def table_of(model: type[models.Base]) -> sa.Table:
@@ -39,14 +40,6 @@ TOOL_VERSION = table_of(models.ToolVersion)
 FOLLOW_RUN = dict(zip("LBAIORDTSE", "GQAIORDHFF", strict=True))
 # The workflow's status while its run is in a state (runs in C/H come from R here; from B they would be Q).
 WORKFLOW_WHILE_RUN = {"G": "G", "L": "G", "B": "Q", "I": "I", "O": "O", "R": "R", "C": "R", "H": "R"}
-
-
-def drop_everything(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
-        for table in sa.inspect(conn).get_table_names():
-            conn.exec_driver_sql(f"DROP TABLE `{table}`")
-        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "mariadb"])
@@ -661,6 +654,33 @@ def test_log_report_by_on_an_ended_instance_changes_nothing(world: World, status
     row = world.row(TI, ti)
     assert_untouched(row, status)
     assert row.report_by_date is None
+
+
+def test_log_report_by_many_answers_every_kind_with_a_few_statements(world: World) -> None:
+    """A batch of 60 heartbeats after a partition: 20 running, 30 late (triaging), 10 ended. The late ones come back
+    to R together: the statements do not grow with the batch."""
+    counts = [("R", 20), ("T", 30), ("D", 10)]
+    wf = world.workflow("R")
+    wfr = world.run(wf, "R")
+    made = {status: [world.instance(world.task(wf, "R"), wfr, status) for _ in range(n)] for status, n in counts}
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    sa.event.listen(world.engine, "before_cursor_execute", record)
+    try:
+        answers = world.svc.log_report_by_many(dict.fromkeys([i for ids in made.values() for i in ids], 90.0))
+    finally:
+        sa.event.remove(world.engine, "before_cursor_execute", record)
+    assert answers == {**dict.fromkeys(made["R"] + made["T"], "R"), **dict.fromkeys(made["D"], "D")}
+    for ti in made["T"]:
+        assert_moved(world.row(TI, ti), "R")
+    for ti in made["R"] + made["T"]:
+        assert world.row(TI, ti).report_by_date > service.utcnow() + timedelta(seconds=60)
+    assert world.row(TI, made["D"][0]).report_by_date is None
+    writes = [st for st in statements if st.lstrip().upper().startswith(("UPDATE", "SELECT"))]
+    assert len(writes) <= 12, writes  # one instance at a time: 90 or more
 
 
 @pytest.mark.parametrize(("ti_old", "task_old"), [("Q", "Q"), ("I", "I"), ("O", "O"), ("R", "R")])
