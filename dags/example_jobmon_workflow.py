@@ -14,8 +14,8 @@ from pathlib import Path
 
 from airflow.sdk import DAG
 
-from jobmon_airflow.db import jobmon_home
 from jobmon_airflow.operators import JobmonTaskOperator
+from jobmon_airflow.paths import jobmon_home
 
 N_TASKS = int(os.environ.get("JOBMON_EXAMPLE_TASKS", "4"))
 DATA_ROOT = Path(os.environ.get("JOBMON_EXAMPLE_DATA", jobmon_home() / "example-data"))

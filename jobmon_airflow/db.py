@@ -8,7 +8,6 @@ the lock up front instead of failing when a read transaction tries to upgrade. M
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,22 +18,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobmon_airflow.paths import default_db_url
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 VERSION_TABLE = "jobmon_alembic_version"  # not Airflow's alembic_version, in case both share one database
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
-
-
-def jobmon_home() -> Path:
-    """Where the embedded defaults live: ``$JOBMON_AIRFLOW_HOME``, else ``$AIRFLOW_HOME/jobmon``."""
-    if home := os.environ.get("JOBMON_AIRFLOW_HOME"):
-        return Path(home)
-    return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "jobmon"
-
-
-def default_url() -> str:
-    return f"sqlite:///{jobmon_home() / 'jobmon.sqlite'}"
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -49,7 +39,7 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL per process."""
-    url = url or default_url()
+    url = url or default_db_url()
     with _lock:
         if url in _engines:
             return _engines[url]

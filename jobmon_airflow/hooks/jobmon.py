@@ -11,6 +11,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from jobmon_airflow import db
+from jobmon_airflow.paths import default_db_url
 from jobmon_airflow.service import JobmonService
 
 STATE_MANAGER_URL_ENV = "JOBMON_AIRFLOW_STATE_MANAGER_URL"
@@ -55,14 +56,14 @@ class JobmonHook(BaseHook):
     def get_db_url(self) -> str:
         conn = self._connection
         if conn is None:
-            return db.default_url()
+            return default_db_url()
         if url := self._extra.get("sql_alchemy_conn"):
             return str(url)
         if mysql_conn_id := self._extra.get("mysql_conn_id"):
             return self._mysql_url(self.get_connection(mysql_conn_id))
         if conn.host:
             return self._mysql_url(conn)
-        return db.default_url()
+        return default_db_url()
 
     @staticmethod
     def _mysql_url(conn: Any) -> str:

@@ -10,9 +10,9 @@ import pytest
 from airflow.sdk import DAG
 
 from jobmon_airflow.clusters.local import LocalCluster
-from jobmon_airflow.db import jobmon_home
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.operators import JobmonArrayOperator, JobmonTaskOperator
+from jobmon_airflow.paths import jobmon_home
 from jobmon_airflow.service import JobmonService
 from tests.conftest import run_dag
 from tests.integration.arrays import array_instances, assert_twenty_elements_recovered, element_template

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import TaskDeferred
 
-from jobmon_airflow import db, models
+from jobmon_airflow import models, paths
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.resources import ResourceError
@@ -229,8 +229,8 @@ def test_state_manager_down_the_exit_record_keeps_the_true_outcome(
 
 
 def test_state_database_is_the_embedded_sqlite_file_by_default() -> None:
-    assert JobmonHook().get_db_url() == db.default_url()
-    assert db.default_url().startswith("sqlite:///") and os.environ["JOBMON_AIRFLOW_HOME"] in db.default_url()
+    assert JobmonHook().get_db_url() == paths.default_db_url()
+    assert paths.default_db_url().startswith("sqlite:///") and os.environ["JOBMON_AIRFLOW_HOME"] in paths.default_db_url()
 
 
 def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(service: JobmonService) -> None:
@@ -285,7 +285,7 @@ def test_token_appears_in_no_command_line_and_no_environment(service: JobmonServ
     ti_id = trigger.task_instance_id
     try:
         wait_for(lambda: service.status_of(ti_id) == "R")  # the worker authenticated with the token
-        token_files = list((db.jobmon_home() / "logs").rglob(f"ti-{ti_id}.token"))
+        token_files = list((paths.jobmon_home() / "logs").rglob(f"ti-{ti_id}.token"))
         (token_file,) = token_files
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
         token = token_file.read_text().encode()
@@ -327,7 +327,7 @@ def test_crash_between_submission_and_storing_the_job_id_reattaches_by_job_name(
     trigger = _execute_until_deferred(make(), "crash")  # the retry finds the job by its name
     (adopted,) = instances(service, "jobmon_crash_window", "orphan")
     assert adopted["id"] == orphan["id"] == trigger.task_instance_id
-    cluster = LocalCluster(db.jobmon_home() / "local-cluster")
+    cluster = LocalCluster(paths.jobmon_home() / "local-cluster")
     assert cluster.find_jobs(f"ti{orphan['id']}.orphan") in ([trigger.job_id], [])  # one job, maybe already done
     event = asyncio.run(asyncio.wait_for(anext(trigger.run()), 30)).payload
     assert event["status"] == "D"
