@@ -100,7 +100,7 @@ def _submit(n: int, tag: str, profile: bool = False) -> dict[str, Any]:
         if job_ids:
             subprocess.run(["qdel", *job_ids], capture_output=True)
     ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
-    with op.service.engine.connect() as conn:
+    with op.services.engine.connect() as conn:
         recorded = conn.execute(
             sa.select(sa.func.count())
             .select_from(ti.join(task, task.c.id == ti.c.task_id).join(wf, wf.c.id == task.c.workflow_id))

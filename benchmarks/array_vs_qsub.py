@@ -123,7 +123,7 @@ def jobmon_array(
             delete_jobs_named(task_id)
         wall = time.monotonic() - t0
     ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
-    with op.service.engine.connect() as conn:
+    with op.services.engine.connect() as conn:
         by_status = {
             status: count
             for status, count in conn.execute(

@@ -36,7 +36,7 @@ def run(triggers: int = 500, poll_interval: float = 2.0, intervals: int = 10) ->
     from airflow.sdk.exceptions import TaskDeferred
 
     from jobmon_airflow.operators import JobmonTaskOperator
-    from jobmon_airflow.watch import Poller, SharedWatcher
+    from jobmon_airflow.watch import Poller
 
     fresh_database(DB)
     log_dir = Path(os.environ["JOBMON_AIRFLOW_HOME"]) / "sge-logs"
@@ -56,7 +56,7 @@ def run(triggers: int = 500, poll_interval: float = 2.0, intervals: int = 10) ->
     statements = [0]
     real_poll = Poller.poll
 
-    def timed_poll(self: Poller) -> dict[int, dict[str, Any]]:
+    def timed_poll(self: Poller) -> dict[int, Any]:
         t = time.perf_counter()
         try:
             return real_poll(self)
@@ -82,11 +82,9 @@ def run(triggers: int = 500, poll_interval: float = 2.0, intervals: int = 10) ->
 
             async def scenario() -> float:
                 first = deferred[0]
-                watcher = await SharedWatcher.get(
-                    first.jobmon_conn_id, first.cluster, first.poll_interval, first.lost_grace_s
-                )
+                watcher = await first.watcher()
                 sa.event.listen(
-                    watcher.poller.service.engine,
+                    watcher.poller.services.engine,
                     "before_cursor_execute",
                     lambda *a, **k: statements.__setitem__(0, statements[0] + 1),
                 )

@@ -84,14 +84,14 @@ def _hb_process(url: str, ids: Sequence[int], threads: int, start_at: float, sec
     """One process of a multi-process heartbeat run (spawned): waits for the common start, then calls the service
     in process from ``threads`` threads."""
     from jobmon_airflow import db
-    from jobmon_airflow.service import JobmonService
+    from jobmon_airflow.service import Services
 
     per_thread = [ids[t::threads] for t in range(threads)]
-    svc = JobmonService(db.get_engine(url))
-    svc.log_report_by(ids[0], 270.0)  # connect before the clock starts
+    svc = Services.for_engine(db.get_engine(url))
+    svc.reports.log_report_by(ids[0], 270.0)  # connect before the clock starts
 
     def heartbeat(t: int, i: int) -> None:
-        svc.log_report_by(per_thread[t][i % len(per_thread[t])], 270.0)
+        svc.reports.log_report_by(per_thread[t][i % len(per_thread[t])], 270.0)
 
     time.sleep(max(0.0, start_at - time.time()))
     return _threads(threads, seconds, heartbeat)
@@ -207,28 +207,30 @@ def run(
     import sqlalchemy as sa
 
     from jobmon_airflow import db
+    from jobmon_airflow.hashing import hash_token
     from jobmon_airflow.resources import QueueLimits, Resources
-    from jobmon_airflow.service import TASK, TI, JobmonService, hash_token, transition_task_instances
+    from jobmon_airflow.service import Services
+    from jobmon_airflow.service.core import TASK, TI, transition_task_instances
 
     url = fresh_database(DB)
     engine = db.get_engine(url)
     db.ensure_schema(engine)
-    svc = JobmonService(engine)
+    svc = Services.for_engine(engine)
     out: dict[str, Any] = {"database": DB, "threads": threads}
 
     # -- bind -----------------------------------------------------------------------------------------------------
-    wf = svc.bind_workflow_run(dag_id="bench_bind", run_id="r1")
+    wf = svc.binding.bind_workflow_run(dag_id="bench_bind", run_id="r1")
     specs = _specs(bind_size, "bind")
     t0 = time.perf_counter()
-    ids = svc.bind_tasks(wf.workflow_id, specs)
+    ids = svc.binding.bind_tasks(wf.workflow_id, specs)
     bind_s = time.perf_counter() - t0
     assert len(set(ids)) == bind_size
     t0 = time.perf_counter()
-    again = svc.bind_tasks(wf.workflow_id, specs)  # idempotent re-bind (a DAG re-parse / retry of the operator)
+    again = svc.binding.bind_tasks(wf.workflow_id, specs)  # idempotent re-bind (a DAG re-parse / retry of the operator)
     rebind_s = time.perf_counter() - t0
     assert again == ids
     # Floor: the same rows, one plain executemany INSERT in chunks of 1000, no read-back, no update pass.
-    wf2 = svc.bind_workflow_run(dag_id="bench_bind_floor", run_id="r1")
+    wf2 = svc.binding.bind_workflow_run(dag_id="bench_bind_floor", run_id="r1")
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = [
         {
@@ -270,7 +272,7 @@ def run(
     update_pass_s = time.perf_counter() - t0
     changed_specs = [replace(spec, command=f"{spec.command} v2") for spec in specs]
     t0 = time.perf_counter()
-    assert svc.bind_tasks(wf.workflow_id, changed_specs) == ids
+    assert svc.binding.bind_tasks(wf.workflow_id, changed_specs) == ids
     rebind_changed_s = time.perf_counter() - t0
     out["bind"] = {
         "tasks": bind_size,
@@ -287,21 +289,21 @@ def run(
     }
     log(f"bind {bind_size}: {bind_s:.2f}s (plain insert {floor_s:.2f}s, rebind {rebind_s:.2f}s)")
     if profile:
-        wf3 = svc.bind_workflow_run(dag_id="bench_bind_profiled", run_id="r1")
+        wf3 = svc.binding.bind_workflow_run(dag_id="bench_bind_profiled", run_id="r1")
         specs3 = _specs(bind_size, "prof")
-        out["bind"]["profile"] = _profile(lambda: svc.bind_tasks(wf3.workflow_id, specs3), "bind_100k")
+        out["bind"]["profile"] = _profile(lambda: svc.binding.bind_tasks(wf3.workflow_id, specs3), "bind_100k")
 
     # -- transitions ------------------------------------------------------------------------------------------------
-    cluster_id = svc.cluster_id("gridengine", "gridengine")
+    cluster_id = svc.binding.cluster_id("gridengine", "gridengine")
     queue = QueueLimits(name="all.q", max_cores=2, max_memory=4.0, max_runtime=86400)
     task_ids = ids[:transition_size]
     steps: dict[str, float] = {}
     t0 = time.perf_counter()
-    ti_ids = svc.queue_task_instances(wf.workflow_run_id, cluster_id, task_ids, Resources(), "O", queue)
+    ti_ids = svc.lifecycle.queue_task_instances(wf.workflow_run_id, cluster_id, task_ids, Resources(), "O", queue)
     steps["G->Q queue_task_instances (task + new instance)"] = time.perf_counter() - t0
     for new in "IORD":
         t0 = time.perf_counter()
-        with svc.session() as s:
+        with db.session_scope(svc.engine) as s:
             changed = transition_task_instances(s, ti_ids, new)
         steps[f"->{new} transition_task_instances"] = time.perf_counter() - t0
         assert len(changed) == len(ti_ids), (new, len(changed))
@@ -328,17 +330,17 @@ def run(
 
     # -- heartbeats -------------------------------------------------------------------------------------------------
     hb_tasks = ids[transition_size : transition_size + 1000]
-    hb_ti = svc.queue_task_instances(wf.workflow_run_id, cluster_id, hb_tasks, Resources(), "O", queue)
+    hb_ti = svc.lifecycle.queue_task_instances(wf.workflow_run_id, cluster_id, hb_tasks, Resources(), "O", queue)
     token = "bench-token"
-    svc.instantiate(hb_ti, dict.fromkeys(hb_ti, hash_token(token)), {})
-    with svc.session() as s:
+    svc.lifecycle.instantiate(hb_ti, dict.fromkeys(hb_ti, hash_token(token)), {})
+    with db.session_scope(svc.engine) as s:
         for new in "OR":
             transition_task_instances(s, hb_ti, new)
     per_thread: list[Sequence[int]] = [hb_ti[t::threads] for t in range(threads)]
 
     def heartbeat(t: int, i: int) -> None:
         ids_t = per_thread[t]
-        assert svc.log_report_by(ids_t[i % len(ids_t)], 270.0) == "R"
+        assert svc.reports.log_report_by(ids_t[i % len(ids_t)], 270.0) == "R"
 
     def floor_heartbeat(t: int, i: int) -> None:
         ids_t = per_thread[t]
@@ -360,11 +362,11 @@ def run(
         def coalesced(t: int, i: int) -> None:
             ids_t = list(per_thread[t])
             batch = [ids_t[(i * 50 + k) % len(ids_t)] for k in range(50)]
-            svc.log_report_by_many(dict.fromkeys(batch, 270.0))
+            svc.reports.log_report_by_many(dict.fromkeys(batch, 270.0))
 
         many_rows = 50 * _threads(threads, seconds, coalesced)
     out["heartbeats"] = {
-        "path": "JobmonService.log_report_by (in process, one transaction per heartbeat)",
+        "path": "Services.log_report_by (in process, one transaction per heartbeat)",
         "seconds": seconds,
         "calls": calls,
         "per_s": round(calls / seconds),
@@ -383,7 +385,7 @@ def run(
     per_proc: list[list[int]] = [hb_ti[p::procs] for p in range(procs)]
     mp_calls = _processes(_hb_process, [(url, ids, 4, seconds) for ids in per_proc])
     out["heartbeats_processes"] = {
-        "path": "JobmonService.log_report_by from 4 processes × 4 threads (separate interpreters: no shared GIL)",
+        "path": "Services.log_report_by from 4 processes × 4 threads (separate interpreters: no shared GIL)",
         "processes": procs,
         "threads_each": 4,
         "seconds": seconds,

@@ -11,48 +11,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-STATUS_BUCKETS = ("PENDING", "SCHEDULED", "RUNNING", "DONE", "FATAL")
+
+def _db_url(url: str | None) -> str:
+    """``--url``, else the ``jobmon_default`` connection's database (or the embedded SQLite file)."""
+    if url is not None:
+        return url
+    # Airflow logs to stdout; keep stdout for the command's own output (tables, JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        from jobmon_airflow.hooks.jobmon import JobmonHook
+
+        return JobmonHook().get_db_url()
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no rows)"
-    headers = list(rows[0])
-    cells = [[("" if r[h] is None else str(r[h])) for h in headers] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+def _services(url: str | None) -> Any:
+    from jobmon_airflow import db
+    from jobmon_airflow.service import Services
 
-
-def status_rows_for_display(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Jobmon's cells: '37 (12.5%)'."""
-    out = []
-    for r in rows:
-        total = r["TASKS"] or 1
-        out.append({**r, **{b: f"{r[b]} ({100 * r[b] / total:.1f}%)" for b in STATUS_BUCKETS}})
-    return out
-
-
-def _service(url: str | None) -> Any:
-    from jobmon_airflow import db, service
-
-    if url is None:
-        # Airflow logs to stdout; keep stdout for the command's own output (tables, JSON).
-        with contextlib.redirect_stdout(sys.stderr):
-            from jobmon_airflow.hooks.jobmon import JobmonHook
-
-            url = JobmonHook().get_db_url()
-    engine = db.get_engine(url)
+    engine = db.get_engine(_db_url(url))
     db.ensure_schema(engine)
-    return service.JobmonService(engine)
+    return Services.for_engine(engine)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from jobmon_airflow import db
 
-    svc = _service(args.url)
-    print(f"Jobmon state database at revision {db.current_revision(svc.engine)} ({svc.engine.url!r})")
+    engine = _services(args.url).engine
+    print(f"Jobmon state database at revision {db.current_revision(engine)} ({engine.url!r})")
     return 0
 
 
@@ -64,7 +48,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     # No access log by default: 100,000 running jobs make ~1,100 heartbeat requests a second.
     options: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": "info", "access_log": args.access_log}
     if args.workers == 1:
-        uvicorn.run(create_standalone_app(args.url), **options)
+        uvicorn.run(create_standalone_app(_db_url(args.url)), **options)
         return 0
     if args.url:  # each worker process builds its own app: it can only learn the URL from its environment
         os.environ[SERVER_DB_URL_ENV] = args.url
@@ -79,17 +63,21 @@ def _server_app() -> Any:
     """The app of one ``server --workers N`` process."""
     from jobmon_airflow.server.app import create_standalone_app
 
-    return create_standalone_app(os.environ.get(SERVER_DB_URL_ENV))
+    return create_standalone_app(_db_url(os.environ.get(SERVER_DB_URL_ENV)))
 
 
 def cmd_workflow_status(args: argparse.Namespace) -> int:
-    rows = _service(args.url).workflow_status(args.workflow_id, args.dag_id, args.run_id, args.limit)
+    from jobmon_airflow.service.queries import format_table, status_rows_for_display
+
+    rows = _services(args.url).queries.workflow_status(args.workflow_id, args.dag_id, args.run_id, args.limit)
     print(json.dumps(rows, default=str) if args.json else format_table(status_rows_for_display(rows)))
     return 0
 
 
 def cmd_workflow_tasks(args: argparse.Namespace) -> int:
-    rows = _service(args.url).workflow_tasks(args.workflow_id)
+    from jobmon_airflow.service.queries import format_table
+
+    rows = _services(args.url).queries.workflow_tasks(args.workflow_id)
     print(json.dumps(rows, default=str) if args.json else format_table(rows))
     return 0
 

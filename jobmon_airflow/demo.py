@@ -29,13 +29,14 @@ def run(home: Path, tasks: int = 4) -> int:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db as airflow_db
 
-    from jobmon_airflow.cli import format_table, status_rows_for_display
     from jobmon_airflow.hooks.jobmon import JobmonHook
     from jobmon_airflow.server.app import start_in_thread
+    from jobmon_airflow.service.queries import format_table, status_rows_for_display
 
     print(f"Airflow home {os.environ['AIRFLOW_HOME']}; Jobmon home {os.environ['JOBMON_AIRFLOW_HOME']}", flush=True)
     airflow_db.initdb()
-    start_in_thread(port)
+    hook = JobmonHook()
+    start_in_thread(port, hook.get_db_url())
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
@@ -43,13 +44,14 @@ def run(home: Path, tasks: int = 4) -> int:
     if dag is None:
         raise SystemExit(f"DAG {DAG_ID} not found in {os.environ['AIRFLOW__CORE__DAGS_FOLDER']}")
     dag_run = dag.test()
-    service = JobmonHook().get_service()
-    service.finish_workflow_run(dag_run.dag_id, dag_run.run_id, str(dag_run.state) == "success")  # if no listener
-    rows = service.workflow_status(dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+    services = hook.get_services()
+    success = str(dag_run.state) == "success"
+    services.binding.finish_workflow_run(dag_run.dag_id, dag_run.run_id, success)  # if no listener ran
+    rows = services.queries.workflow_status(dag_id=dag_run.dag_id, run_id=dag_run.run_id)
     print(f"\nDAG run {dag_run.run_id}: {dag_run.state}\n")
     print(format_table(status_rows_for_display(rows)))
     if rows:
         print()
-        print(format_table(service.workflow_tasks(rows[0]["WF_ID"])))
+        print(format_table(services.queries.workflow_tasks(rows[0]["WF_ID"])))
     all_done = bool(rows) and all(r["DONE"] == r["TASKS"] for r in rows)
     return 0 if all_done and str(dag_run.state) == "success" else 1

@@ -21,7 +21,7 @@ def _finish(dag_id: str, run_id: str, success: bool) -> None:
     try:
         from jobmon_airflow.hooks.jobmon import JobmonHook
 
-        wfr_id = JobmonHook().get_service().finish_workflow_run(dag_id, run_id, success)
+        wfr_id = JobmonHook().get_services().binding.finish_workflow_run(dag_id, run_id, success)
     except Exception:  # never let Jobmon bookkeeping disturb the scheduler
         log.exception("Jobmon: could not end the workflow run of %s %s", dag_id, run_id)
         return

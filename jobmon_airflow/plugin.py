@@ -11,9 +11,10 @@ from jobmon_airflow.server.app import URL_PREFIX
 
 
 def _fastapi_apps() -> list[dict[str, Any]]:
+    from jobmon_airflow.hooks.jobmon import JobmonHook
     from jobmon_airflow.server.app import create_app
 
-    return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Jobmon"}]
+    return [{"app": create_app(JobmonHook().get_db_url()), "url_prefix": URL_PREFIX, "name": "Jobmon"}]
 
 
 class JobmonPlugin(AirflowPlugin):

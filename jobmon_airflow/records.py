@@ -200,7 +200,7 @@ class WatchEvent:
         if status not in TaskInstanceStatus.__members__.values():
             raise RecordError(f"watch event status: not a task instance status: {status!r}")
         try:
-            source = EventSource(data.get("source"))
+            source = EventSource(str(data.get("source")))
         except ValueError:
             raise RecordError(f"watch event source: unknown {data.get('source')!r}") from None
         return cls(

@@ -7,6 +7,7 @@ Keys (Jobmon's ``client/task_resources.py``): ``cores``; ``memory`` in GiB (a nu
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -132,41 +133,80 @@ class Resources:
         return math.ceil(self.memory * 1024**3)
 
 
-ScaleSpec = float | int | Callable[[Any], Any] | Iterator[Any]
+#: One resource's growth after a resource kill: a number ``s ≥ 0`` (every retry ``× (1 + s)``), or a non-empty
+#: list of them, the k-th (k from 1) for the k-th retry after a resource kill, the last repeating after the list.
+ScaleSpec = float | int | list[float | int] | tuple[float | int, ...]
+
+_SCALE_HINT = "use a number ≥ 0 or a non-empty list of numbers ≥ 0 (the factor for the k-th retry)"
 
 
-def scale_resources(resources: Resources, scales: Mapping[str, ScaleSpec] | None) -> Resources:
-    """Scale after a resource kill, as Jobmon's ``TaskResources.adjust_resources``.
+def validate_resource_scales(scales: Mapping[str, Any] | None) -> dict[str, float | list[float]] | None:
+    """Check ``resource_scales``; return a normalised, JSON-able copy or raise :class:`ResourceError` naming the field.
 
-    A number ``s`` gives ``ceil(old × (1 + s))`` (memory rounded up to whole MiB, runtime to whole seconds);
-    a callable gives ``f(old)``; an iterator gives its next value, keeping the old one when exhausted.
+    Pure: nothing given is consumed or changed, so it may run at DAG parse and again in every try. ``None`` stays
+    ``None`` (Jobmon's default, :data:`DEFAULT_RESOURCE_SCALES`); ``{}`` means nothing scales. Callables and
+    iterators are refused: each Airflow try is a new process (an iterator cannot carry its position) and the task
+    row stores the scales as JSON (a callable cannot be stored).
     """
-    scales = DEFAULT_RESOURCE_SCALES if scales is None else scales
-    changes: dict[str, Any] = {}
+    if scales is None:
+        return None
+    if not isinstance(scales, Mapping):
+        raise ResourceError(f"resource_scales: expected a dict of resource to scale, got {scales!r}")
+    out: dict[str, float | list[float]] = {}
     for key, spec in scales.items():
         if key not in SCALABLE_KEYS:
             raise ResourceError(f"resource_scales: cannot scale {key!r}; scalable: {', '.join(sorted(SCALABLE_KEYS))}")
-        old = getattr(resources, key)
-        if isinstance(spec, bool):
-            raise ResourceError(f"resource_scales.{key}: expected a number, callable or iterator, got {spec!r}")
-        if isinstance(spec, int | float):
-            if spec < 0:
-                raise ResourceError(f"resource_scales.{key}: must not be negative, got {spec!r}")
-            new: Any = old * (1 + spec)
+        field = f"resource_scales.{key}"
+        if isinstance(spec, list | tuple):
+            if not spec:
+                raise ResourceError(f"{field}: the list of factors is empty; {_SCALE_HINT}")
+            out[key] = [_scale_factor(item, f"{field}[{i}]") for i, item in enumerate(spec)]
+        elif isinstance(spec, Iterator):
+            raise ResourceError(
+                f"{field}: an iterator is not accepted (every Airflow try is a new process, so it cannot carry its "
+                f"position, and it cannot be stored as JSON); {_SCALE_HINT}"
+            )
         elif callable(spec):
-            new = spec(old)
+            raise ResourceError(
+                f"{field}: a callable is not accepted (the task row stores resource_scales as JSON); {_SCALE_HINT}"
+            )
         else:
-            new = next(spec, old)
-        changes[key] = _normalise_scaled(key, new)
+            out[key] = _scale_factor(spec, field)
+    return out
+
+
+def _scale_factor(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ResourceError(f"{field}: expected a number, got {value!r}; {_SCALE_HINT}")
+    factor = float(value)
+    if not math.isfinite(factor) or factor < 0:
+        raise ResourceError(f"{field}: must be a finite number ≥ 0, got {value!r}")
+    return factor
+
+
+def scale_resources(resources: Resources, scales: Mapping[str, ScaleSpec] | None, retry: int = 1) -> Resources:
+    """Scale after a resource kill, as Jobmon's ``TaskResources.adjust_resources``.
+
+    ``retry`` counts the retries after a resource kill from 1 and picks a list's factor (``retry - 1``, capped at
+    its last); a number is the same on every retry. A factor ``s`` gives ``ceil(old × (1 + s))`` (memory rounded
+    up to whole MiB, runtime to whole seconds, cores to whole cores). ``scales`` is checked by
+    :func:`validate_resource_scales`; ``None`` means :data:`DEFAULT_RESOURCE_SCALES`.
+    """
+    if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
+        raise ValueError(f"retry: expected a whole number ≥ 1, got {retry!r}")
+    validated = validate_resource_scales(scales)
+    changes: dict[str, Any] = {}
+    for key, spec in (DEFAULT_RESOURCE_SCALES if validated is None else validated).items():
+        factor = spec[min(retry, len(spec)) - 1] if isinstance(spec, list) else spec
+        changes[key] = _normalise_scaled(key, getattr(resources, key) * (1 + factor))
     return replace(resources, **changes)
 
 
-def _normalise_scaled(key: str, value: Any) -> Any:
-    field = f"resource_scales.{key}"
+def _normalise_scaled(key: str, value: float) -> float | int:
+    """Round a scaled value up: memory to whole MiB, runtime to whole seconds, cores to whole cores."""
     if key == "memory":
-        return math.ceil(parse_memory(value, field) * 1024) / 1024  # whole MiB
-    whole = math.ceil(value) if isinstance(value, float) else value
-    return parse_runtime(whole, field) if key == "runtime" else parse_cores(whole, field)
+        return math.ceil(value * 1024) / 1024
+    return math.ceil(value)
 
 
 @dataclass(frozen=True)

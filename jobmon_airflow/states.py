@@ -125,6 +125,14 @@ DESCRIPTIONS: dict[type[StrEnum], dict[str, str]] = {
 }
 
 
+class TaskResourcesType(StrEnum):
+    """Why an attempt got its resources (Jobmon's ``task_resources_type``)."""
+
+    ORIGINAL = "O"  # as requested
+    VALIDATED = "V"  # moved to a fallback queue or coerced to a queue's limits
+    ADJUSTED = "A"  # scaled after a resource kill
+
+
 class IllegalTransition(ValueError):
     """A transition the state machine does not allow."""
 
@@ -196,12 +204,6 @@ TASK_BUCKETS: Mapping[str, frozenset[str]] = {
     "RUNNING": frozenset("R"),
     "DONE": frozenset("D"),
     "FATAL": frozenset("F"),
-}
-TASK_INSTANCE_BUCKETS: Mapping[str, frozenset[str]] = {
-    "PENDING": frozenset("QBI"),
-    "RUNNING": frozenset("R"),
-    "FATAL": frozenset("EZWUKF"),
-    "DONE": frozenset("D"),
 }
 #: Instances whose job may still be in the cluster (re-attach candidates).
 TASK_INSTANCE_LIVE = frozenset("IORTK")

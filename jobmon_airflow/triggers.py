@@ -13,7 +13,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, SharedWatcher, kill_instances, kill_task_instance
+from jobmon_airflow.execution import kill_instances
+from jobmon_airflow.hooks.cluster import get_cluster
+from jobmon_airflow.hooks.jobmon import JobmonHook
+from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, Poller, SharedWatcher
 
 
 class _JobmonTrigger(BaseTrigger):
@@ -47,8 +50,16 @@ class _JobmonTrigger(BaseTrigger):
             },
         )
 
-    async def _watcher(self) -> SharedWatcher:
-        return await SharedWatcher.get(self.jobmon_conn_id, self.cluster, self.poll_interval, self.lost_grace_s)
+    def _build_poller(self) -> Poller:
+        return Poller(JobmonHook(self.jobmon_conn_id).get_services(), get_cluster(self.cluster), self.lost_grace_s)
+
+    async def watcher(self) -> SharedWatcher:
+        key = {"jobmon_conn_id": self.jobmon_conn_id, "cluster": self.cluster, "lost_grace_s": self.lost_grace_s}
+        return await SharedWatcher.get(key, self.poll_interval, self._build_poller)
+
+    async def _kill(self, jobs: dict[int, str | None]) -> None:
+        poller = (await self.watcher()).poller
+        await asyncio.to_thread(kill_instances, poller.services, poller.cluster, jobs)
 
 
 class JobmonTaskTrigger(_JobmonTrigger):
@@ -63,16 +74,13 @@ class JobmonTaskTrigger(_JobmonTrigger):
         return {"task_instance_id": self.task_instance_id, "job_id": self.job_id}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        watcher = await self._watcher()
-        yield TriggerEvent(await watcher.wait(self.task_instance_id, self.job_id))
+        watcher = await self.watcher()
+        yield TriggerEvent((await watcher.wait(self.task_instance_id, self.job_id)).to_dict())
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: the user marked the deferred task failed/success or cleared it: delete the job."""
-        watcher = await self._watcher()
         try:
-            await asyncio.to_thread(
-                kill_task_instance, watcher.poller.service, watcher.poller.cluster, self.task_instance_id, self.job_id
-            )
+            await self._kill({self.task_instance_id: self.job_id})
         except Exception:  # best effort, as Airflow's own on_kill implementations: log and carry on
             self.log.exception("Could not kill job %s of task instance %s", self.job_id, self.task_instance_id)
 
@@ -94,17 +102,17 @@ class JobmonArrayTrigger(_JobmonTrigger):
         return {"array_id": self.array_id, "carry": self.carry}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        watcher = await self._watcher()
-        live = await asyncio.to_thread(watcher.poller.service.array_live_instances, self.array_id)
+        watcher = await self.watcher()
+        live = await asyncio.to_thread(watcher.poller.services.queries.array_live_instances, self.array_id)
         events = await watcher.wait_many(live)
-        outcomes = [e for e in events.values() if e.get("source") != "database"]
+        outcomes = [e.to_dict() for e in events.values() if not e.recorded]
         yield TriggerEvent({"array_id": self.array_id, "carry": self.carry, "ended": len(events), "outcomes": outcomes})
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: the user killed the deferred array task: delete every job of the array."""
-        watcher = await self._watcher()
         try:
-            live = await asyncio.to_thread(watcher.poller.service.array_live_instances, self.array_id)
-            await asyncio.to_thread(kill_instances, watcher.poller.service, watcher.poller.cluster, live)
+            poller = (await self.watcher()).poller
+            live = await asyncio.to_thread(poller.services.queries.array_live_instances, self.array_id)
+            await self._kill(dict(live))
         except Exception:  # best effort, logged
             self.log.exception("Could not kill the jobs of Jobmon array %s", self.array_id)

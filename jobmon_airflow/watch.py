@@ -3,8 +3,9 @@
 A task instance ends when the worker node reports it (the database says so), or, when the worker could not report
 (killed with its job by the batch system, State Manager down), from what the job left behind: the worker's exit
 record beside its logs first, then the cluster's accounting; a job gone from the queue with neither after a grace
-period is lost. One poll covers every watched instance of a process with one database query, one cluster status
-call and one accounting call, however many tasks are deferred.
+period is lost. Evidence is read before deadlines are enforced: an instance whose job left a record is concluded
+from it, never failed for a missing heartbeat. One poll covers every watched instance of a process with one
+database query, one cluster status call and one accounting call, however many tasks are deferred.
 """
 
 from __future__ import annotations
@@ -14,100 +15,96 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from jobmon_airflow import states
-from jobmon_airflow.clusters import get_cluster
 from jobmon_airflow.clusters.base import Cluster, ExitInfo, ExitKind, JobState, JobStatus
-from jobmon_airflow.service import JobmonService, TaskInstanceView
+from jobmon_airflow.records import EventSource, ExitRecord, RecordError, Usage, WatchEvent
+from jobmon_airflow.service import Services, TaskInstanceView
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOST_GRACE_S = 60.0  # accounting can lag behind a job leaving the queue
+TIS = states.TaskInstanceStatus
 
 #: Instance statuses that end the wait (K: a kill was requested, the operator finishes the job).
-ENDED = states.TASK_INSTANCE_FINAL | {states.TaskInstanceStatus.KILL_SELF}
+ENDED = states.TASK_INSTANCE_FINAL | {TIS.KILL_SELF}
 
 #: How a cluster's exit classification maps onto Jobmon's instance statuses.
 EXIT_KIND_STATUS: Mapping[ExitKind, str] = {
-    ExitKind.DONE: "D",
-    ExitKind.ERROR: "E",
-    ExitKind.RESOURCE_KILL: "Z",
-    ExitKind.DELETED: "U",  # deleted outside Jobmon (a kill through Jobmon is already K)
-    ExitKind.LOST: "U",
+    ExitKind.DONE: TIS.DONE,
+    ExitKind.ERROR: TIS.ERROR,
+    ExitKind.RESOURCE_KILL: TIS.RESOURCE_ERROR,
+    ExitKind.DELETED: TIS.UNKNOWN_ERROR,  # deleted outside Jobmon (a kill through Jobmon is already K)
+    ExitKind.LOST: TIS.UNKNOWN_ERROR,
 }
 
 
-def read_exit_record(path: str | None) -> dict[str, Any] | None:
+def read_exit_record(path: str | None, task_instance_id: int) -> ExitRecord | None:
+    """The instance's exit record, or None when it is not there (yet) or not this instance's valid record."""
     if not path:
         return None
     try:
-        record: dict[str, Any] = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None  # not written (yet), or being replaced: the writer renames atomically, so just look again
-    return record if record.get("status") in ("D", "E", "Z", "F", "U") else None
+        return ExitRecord.from_json(Path(path).read_text(encoding="utf-8"), task_instance_id=task_instance_id)
+    except OSError:
+        return None  # not written (yet): the writer renames atomically, so just look again next poll
+    except (RecordError, UnicodeDecodeError) as exc:
+        log.warning("Ignoring exit record %s: %s", path, exc)
+        return None
 
 
 def outcome(
     view: TaskInstanceView,
     job: JobStatus | None,
     exit_info: ExitInfo | None,
-    record: Mapping[str, Any] | None,
+    record: ExitRecord | None,
     gone_for: float,
     lost_grace_s: float,
-) -> dict[str, Any] | None:
-    """The event that ends the wait, or None to keep waiting."""
-    base = {"task_instance_id": view.id, "job_id": view.distributor_id}
-    if view.status == states.TaskInstanceStatus.NO_HEARTBEAT:
-        # Launched, never reported running, and its deadline passed: Jobmon's no_heartbeat_error, retryable.
-        return {**base, "status": "E", "source": "triage", "message": f"job {view.distributor_id}: no heartbeat"}
+) -> WatchEvent | None:
+    """The event that ends the wait, or None to keep waiting. Evidence in order of strength: what the worker
+    reported, its exit record, the cluster's accounting; then the absence of evidence (no heartbeat, lost)."""
+
+    def event(status: str, source: EventSource, **kw: Any) -> WatchEvent:
+        return WatchEvent(view.id, view.distributor_id, status, source, **kw)
+
+    if view.status == TIS.NO_HEARTBEAT:
+        # Moved to X elsewhere (launched, never reported running, deadline passed): Jobmon's no_heartbeat_error.
+        return event(TIS.ERROR, EventSource.TRIAGE, message=f"job {view.distributor_id}: no heartbeat")
     if view.status in ENDED:
-        return {**base, "status": view.status, "source": "database"}
+        return event(view.status, EventSource.DATABASE)
     if job is not None and job.state == JobState.ERROR:
-        return {
-            **base,
-            "status": "U",
-            "source": "cluster",
-            "kill_job": True,
-            "message": f"job {job.job_id} is in error state {job.raw}: {job.reason or 'no reason given'}",
-        }
+        reason = f"job {job.job_id} is in error state {job.raw}: {job.reason or 'no reason given'}"
+        return event(TIS.UNKNOWN_ERROR, EventSource.CLUSTER, message=reason, kill_job=True)
     if job is None or job.state != JobState.GONE:
         return None
     if record is not None:
-        return {
-            **base,
-            "status": record["status"],
-            "source": "exit_record",
-            "exit_status": record.get("exit_status"),
-            "message": record.get("error_message") or "",
-            "nodename": record.get("nodename"),
-            "usage": record.get("usage") or {},
-        }
+        return event(
+            record.status,
+            EventSource.EXIT_RECORD,
+            exit_status=record.exit_status,
+            message=record.error_message,
+            nodename=record.nodename,
+            usage=record.usage,
+        )
     if exit_info is not None:
-        return {
-            **base,
-            "status": EXIT_KIND_STATUS[exit_info.kind],
-            "source": "accounting",
-            "exit_status": exit_info.exit_status,
-            "message": exit_info.reason,
-            "nodename": exit_info.hostname,
-            "usage": {
-                "maxrss_bytes": exit_info.maxrss_bytes,
-                "wallclock_s": exit_info.wallclock_s,
-                "cpu_s": exit_info.cpu_s,
-            },
-        }
+        return event(
+            EXIT_KIND_STATUS[exit_info.kind],
+            EventSource.ACCOUNTING,
+            exit_status=exit_info.exit_status,
+            message=exit_info.reason,
+            nodename=exit_info.hostname,
+            usage=Usage(exit_info.maxrss_bytes, exit_info.wallclock_s, exit_info.cpu_s),
+        )
     if gone_for >= lost_grace_s:
-        return {
-            **base,
-            # Never ran (deleted while pending leaves no accounting): X, no heartbeat, retryable. Ran: U, lost.
-            "status": "X" if view.status == states.TaskInstanceStatus.LAUNCHED else "U",
-            "source": "lost",
-            "message": f"job {job.job_id} left the queue and left no exit record or accounting after {gone_for:.0f}s",
-        }
+        # Never ran (deleted while pending leaves no accounting): X, no heartbeat, retryable. Ran: U, lost.
+        return event(
+            TIS.NO_HEARTBEAT if view.status == TIS.LAUNCHED else TIS.UNKNOWN_ERROR,
+            EventSource.LOST,
+            message=f"job {job.job_id} left the queue and left no exit record or accounting after {gone_for:.0f}s",
+        )
     return None
 
 
@@ -118,53 +115,56 @@ _GONE = JobStatus("", JobState.GONE)
 class _Watch:
     job_id: str
     gone_since: float | None = None
-    future: asyncio.Future[dict[str, Any]] | None = None
+    future: asyncio.Future[WatchEvent] | None = None
 
 
 @dataclass
 class Poller:
     """One poll of many watched instances: 1 DB query, 1 cluster status call, 1 accounting call, 1 heartbeat."""
 
-    service: JobmonService
+    services: Services
     cluster: Cluster
     lost_grace_s: float = DEFAULT_LOST_GRACE_S
     polls: int = 0
     watched: dict[int, _Watch] = field(default_factory=dict)
 
-    def poll(self) -> dict[int, dict[str, Any]]:
+    def poll(self) -> dict[int, WatchEvent]:
         self.polls += 1
-        views = self.service.task_instances(self.watched)
+        queries, lifecycle = self.services.queries, self.services.lifecycle
+        views = queries.task_instances(self.watched)
         open_ids = [i for i, v in views.items() if v.status not in ENDED]
         statuses = self.cluster.statuses([self.watched[i].job_id for i in open_ids]) if open_ids else {}
-        # Liveness, as Jobmon's distributor and swarm do it: a launched job still in the queue is not late; a
-        # running instance whose heartbeats stopped goes to T (triage), a launched one that never ran to X.
-        queued = [
-            i
-            for i in open_ids
-            if views[i].status == "O" and statuses.get(self.watched[i].job_id, _GONE).state != JobState.GONE
-        ]
-        self.service.log_launched_report_by(queued)
-        triaging, no_heartbeat = self.service.set_status_for_triaging({v.workflow_run_id for v in views.values()})
-        if triaging or no_heartbeat:
-            log.warning("Heartbeats overdue: triaging %s, no heartbeat %s", triaging, no_heartbeat)
-            views = self.service.task_instances(self.watched)
+        # Liveness, as Jobmon's distributor and swarm do it: a launched job still in the queue is not late.
+        lifecycle.log_launched_report_by(
+            [i for i in open_ids if views[i].status == TIS.LAUNCHED and self._state(statuses, i) != JobState.GONE]
+        )
+        # What gone jobs left behind, read BEFORE deadlines are enforced: a job that ended while nobody watched
+        # (State Manager or triggerer down) is concluded from its record, not failed for a missing heartbeat.
         now = time.monotonic()
-        records: dict[int, dict[str, Any] | None] = {}
+        records: dict[int, ExitRecord | None] = {}
         need_accounting: list[str] = []
         for i in open_ids:
             w = self.watched[i]
             st = statuses.get(w.job_id)
             if st is not None and st.state == JobState.GONE:
                 w.gone_since = w.gone_since or now
-                records[i] = read_exit_record(views[i].exit_record)
+                records[i] = read_exit_record(views[i].exit_record, i)
                 if records[i] is None:
                     need_accounting.append(w.job_id)
         exit_infos = self.cluster.exit_info(need_accounting) if need_accounting else {}
-        self.service.log_workflow_run_heartbeats({v.workflow_run_id for v in views.values()})
-        events: dict[int, dict[str, Any]] = {}
+        evidence = [i for i in records if records[i] is not None or self.watched[i].job_id in exit_infos]
+        # A running instance whose heartbeats stopped goes to T (triage), a launched one that never ran to X.
+        triaging, no_heartbeat = lifecycle.set_status_for_triaging(
+            {v.workflow_run_id for v in views.values()}, exclude=evidence
+        )
+        if triaging or no_heartbeat:
+            log.warning("Heartbeats overdue: triaging %s, no heartbeat %s", triaging, no_heartbeat)
+            views = queries.task_instances(self.watched)
+        lifecycle.log_workflow_run_heartbeats({v.workflow_run_id for v in views.values()})
+        events: dict[int, WatchEvent] = {}
         for i, view in views.items():
             w = self.watched[i]
-            event = outcome(
+            ended = outcome(
                 view,
                 statuses.get(w.job_id),
                 exit_infos.get(w.job_id),
@@ -172,18 +172,25 @@ class Poller:
                 now - w.gone_since if w.gone_since else 0.0,
                 self.lost_grace_s,
             )
-            if event is not None:
-                events[i] = event
+            if ended is not None:
+                events[i] = ended
         return events
 
-    def wait_blocking(self, ti_id: int, job_id: str, poll_interval: float) -> dict[str, Any]:
+    def watch(self, jobs: Mapping[int, str]) -> None:
+        """Add instances to watch: {instance id: job id}."""
+        self.watched.update({ti_id: _Watch(job_id) for ti_id, job_id in jobs.items()})
+
+    def _state(self, statuses: Mapping[str, JobStatus], ti_id: int) -> JobState:
+        return statuses.get(self.watched[ti_id].job_id, _GONE).state
+
+    def wait_blocking(self, ti_id: int, job_id: str, poll_interval: float) -> WatchEvent:
         """Blocking mode: poll one instance until it ends."""
         return self.wait_all_blocking({ti_id: job_id}, poll_interval)[ti_id]
 
-    def wait_all_blocking(self, jobs: Mapping[int, str], poll_interval: float) -> dict[int, dict[str, Any]]:
+    def wait_all_blocking(self, jobs: Mapping[int, str], poll_interval: float) -> dict[int, WatchEvent]:
         """Blocking mode: poll until every instance in {instance id: job id} has ended."""
-        self.watched.update({ti_id: _Watch(job_id) for ti_id, job_id in jobs.items()})
-        events: dict[int, dict[str, Any]] = {}
+        self.watch(jobs)
+        events: dict[int, WatchEvent] = {}
         try:
             while len(events) < len(jobs):
                 for ti_id, event in self.poll().items():
@@ -212,17 +219,19 @@ class SharedWatcher:
 
     @classmethod
     async def get(
-        cls, jobmon_conn_id: str, cluster: dict[str, Any], poll_interval: float, lost_grace_s: float
+        cls, key: Mapping[str, Any], poll_interval: float, build_poller: Callable[[], Poller]
     ) -> SharedWatcher:
+        """The watcher for ``key`` (what identifies the database and the cluster) and interval; the first caller
+        builds its poller (in a thread: building connects to the database)."""
         watchers = cls._instances.setdefault(asyncio.get_running_loop(), {})
-        key = (jobmon_conn_id, json.dumps(cluster, sort_keys=True), poll_interval, lost_grace_s)
-        if key not in watchers:
-            poller = await asyncio.to_thread(_build_poller, jobmon_conn_id, cluster, lost_grace_s)
-            watchers.setdefault(key, cls(poller, poll_interval))  # another trigger may have won the race
-        return watchers[key]
+        full_key = (json.dumps(key, sort_keys=True), poll_interval)
+        if full_key not in watchers:
+            poller = await asyncio.to_thread(build_poller)
+            watchers.setdefault(full_key, cls(poller, poll_interval))  # another trigger may have won the race
+        return watchers[full_key]
 
-    async def wait(self, ti_id: int, job_id: str) -> dict[str, Any]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    async def wait(self, ti_id: int, job_id: str) -> WatchEvent:
+        future: asyncio.Future[WatchEvent] = asyncio.get_running_loop().create_future()
         self.poller.watched[ti_id] = _Watch(job_id, future=future)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop())
@@ -231,7 +240,7 @@ class SharedWatcher:
         finally:
             self.poller.watched.pop(ti_id, None)
 
-    async def wait_many(self, jobs: Mapping[int, str]) -> dict[int, dict[str, Any]]:
+    async def wait_many(self, jobs: Mapping[int, str]) -> dict[int, WatchEvent]:
         """Wait until every instance in {instance id: job id} has ended; their events by instance id."""
         events = await asyncio.gather(*(self.wait(ti_id, job_id) for ti_id, job_id in jobs.items()))
         return dict(zip(jobs, events, strict=True))
@@ -248,28 +257,3 @@ class SharedWatcher:
                 if w is not None and w.future is not None and not w.future.done():
                     w.future.set_result(event)
             await asyncio.sleep(self.poll_interval)
-
-
-def _build_poller(jobmon_conn_id: str, cluster: dict[str, Any], lost_grace_s: float) -> Poller:
-    from jobmon_airflow.hooks.jobmon import JobmonHook
-
-    return Poller(JobmonHook(jobmon_conn_id).get_service(), get_cluster(cluster), lost_grace_s)
-
-
-def kill_task_instance(service: JobmonService, cluster: Cluster, ti_id: int, job_id: str | None) -> None:
-    """Record K, delete the job, then fail the task (the order keeps a late worker report from looking like a
-    normal end)."""
-    service.request_kill([ti_id])
-    if job_id:
-        cluster.kill([job_id])
-    service.end_killed([ti_id])
-
-
-def kill_instances(service: JobmonService, cluster: Cluster, jobs: Mapping[int, str]) -> None:
-    """Many instances at once (an array): K for all, one delete per cluster job (``qdel J`` takes every element
-    of array J), then the tasks fail."""
-    service.request_kill(list(jobs))
-    job_ids = sorted({job_id.split(".")[0] for job_id in jobs.values() if job_id})
-    if job_ids:
-        cluster.kill(job_ids)
-    service.end_killed(list(jobs))

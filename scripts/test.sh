@@ -23,6 +23,8 @@ echo "test: ruff"
 .venv/bin/ruff format --check .
 echo "test: mypy"
 .venv/bin/mypy jobmon_airflow dags
+echo "test: import contracts"
+.venv/bin/lint-imports --no-cache
 echo "test: pytest"
 set +e
 .venv/bin/pytest "$@"

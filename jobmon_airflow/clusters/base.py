@@ -1,17 +1,34 @@
 """The cluster interface: what Jobmon needs from a batch system, implemented by ``local`` and ``gridengine``.
 
-Every method that asks about jobs takes many ids at once: a caller watching 10,000 jobs makes one call.
+Every method that asks about jobs takes many ids at once: a caller watching 10,000 jobs makes one call. Also here:
+what both backends share (job ids "J" / "J.T", Grid Engine's default log file names) and the errors they raise.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from jobmon_airflow.resources import QueueLimits, Resources
+from jobmon_airflow.resources import QueueLimits, ResourceError, Resources
+
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "ClusterUnavailable",
+    "ExitInfo",
+    "ExitKind",
+    "JobRequest",
+    "JobState",
+    "JobStatus",
+    "SubmissionError",
+    "UnknownQueue",
+    "log_file_paths",
+    "split_job_id",
+]
 
 
 class JobState(StrEnum):
@@ -75,16 +92,46 @@ class JobRequest:
     # Arrays: elements 1..array_length, at most max_concurrent running at once (Grid Engine ``-t``/``-tc``).
     array_length: int | None = None
     max_concurrent: int | None = None
-    # Job context key=value pairs (``qsub -ac``): identity used to find the job again (re-attach).
-    context: Mapping[str, str] = field(default_factory=dict)
 
 
 class SubmissionError(RuntimeError):
-    """The batch system refused a job; the message carries its own reason."""
+    """The batch system refused a job (an invalid request, a ``qsub -w e`` verdict); its message says why."""
 
 
 class ClusterError(RuntimeError):
     """A batch system command failed (not reachable, unparsable output)."""
+
+
+class ClusterUnavailable(ClusterError):
+    """The batch system could not be reached (e.g. the Grid Engine qmaster is down): transient, and nothing was done.
+
+    For ``submit`` it means the job was provably not submitted, so the try may simply be retried.
+    """
+
+
+class UnknownQueue(ResourceError):
+    """A queue the cluster does not have: a configuration error (fatal), the message lists the queues there are."""
+
+
+_JOB_ID_RE = re.compile(r"^([^.\s]+)(?:\.(\d+))?$")
+
+
+def split_job_id(job_id: str) -> tuple[str, int | None]:
+    """A job id "J" or an array element's "J.T" → ("J", None) or ("J", T); ValueError for anything else.
+
+    Generic on purpose: a backend checks ``J`` further (Grid Engine and the local cluster number their jobs).
+    """
+    m = _JOB_ID_RE.match(job_id) if isinstance(job_id, str) else None
+    if not m:
+        raise ValueError(f"not a job id (expected 'J' or an array element 'J.T' with a numeric T): {job_id!r}")
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def log_file_paths(log_dir: Path, name: str, job_id: str, element: int | None = None) -> tuple[Path, Path]:
+    """Grid Engine's default stdout/stderr names in ``log_dir``: ``<name>.o<job>`` / ``.e<job>``, array elements
+    ``<name>.o<job>.<task>``. Both backends write there; ``name`` is the job name as the backend spells it."""
+    suffix = job_id if element is None else f"{job_id}.{element}"
+    return log_dir / f"{name}.o{suffix}", log_dir / f"{name}.e{suffix}"
 
 
 class Cluster(Protocol):
@@ -93,7 +140,9 @@ class Cluster(Protocol):
     name: str  # "local" or "gridengine": the cluster_type name in the state database
 
     def submit(self, job: JobRequest) -> str:
-        """Submit; return the job id ("123"; arrays "123", elements addressed as "123.<i>")."""
+        """Submit; return the job id ("123"; arrays "123", elements addressed as "123.<i>").
+
+        SubmissionError: refused, ClusterUnavailable: not reachable and not submitted (retry later)."""
         ...
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
@@ -114,7 +163,7 @@ class Cluster(Protocol):
         ...
 
     def queue_limits(self, queue: str | None) -> QueueLimits:
-        """Limits of a queue (None: the default queue)."""
+        """Limits of a queue (None: the default queue); UnknownQueue when the cluster has no such queue."""
         ...
 
     def log_paths(self, job: JobRequest, job_id: str, element: int | None = None) -> tuple[Path, Path]:

@@ -6,8 +6,8 @@ the same log file names and job environment, PENDING until slots are free, h_vme
 files under ``root`` (see the layout in ``local_shepherd``): several Airflow worker processes can submit and watch
 at the same time, and jobs outlive the process that submitted them.
 
-There is one queue, ``local``. Any queue name a DAG asks for maps to it, so DAGs written for a Grid Engine site run
-unchanged on a laptop.
+There is one queue, ``local``: a job that names no queue gets it, any other queue name is refused with
+:class:`~jobmon_airflow.clusters.base.UnknownQueue` (a configuration error, as on Grid Engine).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from jobmon_airflow.clusters.base import (
     JobState,
     JobStatus,
     SubmissionError,
+    log_file_paths,
+    split_job_id,
 )
 from jobmon_airflow.clusters.local_shepherd import (
     KILL,
@@ -38,11 +40,9 @@ from jobmon_airflow.clusters.local_shepherd import (
     is_alive,
     kill_file,
     kill_sessions,
-    log_paths,
-    proc_stat,
-    read_json,
-    write_json,
 )
+from jobmon_airflow.files import read_json, write_json
+from jobmon_airflow.procfs import proc_stat
 from jobmon_airflow.resources import QueueLimits
 
 QUEUE = "local"
@@ -60,11 +60,13 @@ def _physical_memory_gib() -> float:
 
 
 def _split(job_id: str) -> tuple[str, int | None]:
-    """'12' → ('12', None); '12.3' → ('12', 3). Anything else keeps a number no job has."""
-    number, _, element = job_id.partition(".")
-    if not number.isdigit() or (element and not element.isdigit()):
+    """:func:`~jobmon_airflow.clusters.base.split_job_id` for local ids (numbers); anything else gets a number no
+    job has."""
+    try:
+        number, element = split_job_id(job_id)
+    except ValueError:
         return "", None
-    return number, int(element) if element else None
+    return (number, element) if number.isdigit() else ("", None)
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,11 @@ class LocalCluster:
         self.slots_dir.mkdir(parents=True, exist_ok=True)
 
     def queue_limits(self, queue: str | None = None) -> QueueLimits:
+        """Every queue name is this machine's one queue: a DAG written for Grid Engine runs here unchanged."""
         return QueueLimits(QUEUE, max_cores=self.slots, max_memory=_physical_memory_gib(), max_runtime=None)
 
     def log_paths(self, job: JobRequest, job_id: str, element: int | None = None) -> tuple[Path, Path]:
-        return log_paths(job.log_dir.absolute(), job.name, job_id, element)
+        return log_file_paths(job.log_dir.absolute(), job.name, job_id, element)
 
     # -- submit
 
@@ -149,7 +152,6 @@ class LocalCluster:
             "argv": list(job.argv),
             "log_dir": str(log_dir),
             "env": dict(job.env),
-            "context": dict(job.context),
             "cores": res.cores,
             "memory_bytes": res.memory_bytes,
             "runtime_s": res.runtime,
@@ -178,7 +180,7 @@ class LocalCluster:
         stat = proc_stat(proc.pid)  # our unreaped child: its /proc entry exists even if it already ended
         write_json(
             job_dir / SHEPHERD,
-            {"pid": proc.pid, "start_ticks": stat[2] if stat else None, "array_length": job.array_length},
+            {"pid": proc.pid, "start_ticks": stat.start_ticks if stat else None, "array_length": job.array_length},
         )
         return job_id
 

@@ -3,7 +3,8 @@
 ``LocalCluster.submit`` starts it detached as ``python -m jobmon_airflow.clusters.local_shepherd <job_dir>``. It
 waits for slots, runs each element of the job (one for a single job, 1..N for an array, at most ``max_concurrent``
 at once) with ``argv`` exactly as given, enforces memory and runtime as execd does, and writes one exit record per
-element. Stdlib only, so that it starts in a few tens of milliseconds.
+element. Standard library (and the package's stdlib-only modules) only, so that it starts in a few tens of
+milliseconds.
 
 Job directory (``<root>/jobs/<id>/``), the contract with ``local.py``:
 
@@ -41,7 +42,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from jobmon_airflow.clusters.base import ExitKind
+from jobmon_airflow.clusters.base import ExitKind, log_file_paths
+from jobmon_airflow.files import write_json
+from jobmon_airflow.procfs import live_processes, proc_stat
 
 POLL_S = 0.2  # memory sampling and slot polling interval, as execd's load-report cadence but finer
 SPEC = "spec.json"
@@ -62,46 +65,10 @@ def kill_file(element: int | None) -> str:
     return KILL if element is None else f"{KILL}.{element}"
 
 
-def log_paths(log_dir: Path, name: str, job_id: str, element: int | None = None) -> tuple[Path, Path]:
-    """Grid Engine's default names: ``<name>.o<job_id>`` / ``.e<job_id>``, arrays ``.o<job_id>.<task>``."""
-    suffix = job_id if element is None else f"{job_id}.{element}"
-    return log_dir / f"{name}.o{suffix}", log_dir / f"{name}.e{suffix}"
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically (tmp + rename): a reader sees the whole record or none."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-# ---- /proc -------------------------------------------------------------------------------------------------
-
-
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state letter, session id, start time in clock ticks since boot), or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: split after its last ')'. Fields of proc(5) from 3 on.
-    rest = data[data.rindex(b")") + 2 :].split()
-    return rest[0].decode(), int(rest[3]), int(rest[19])
-
-
 def is_alive(pid: int, start_ticks: int | None) -> bool:
     """The process exists, is the same one (start time guards against pid reuse) and is not a zombie."""
     stat = proc_stat(pid)
-    return stat is not None and start_ticks in (None, stat[2]) and stat[0] not in ("Z", "X")
+    return stat is not None and start_ticks in (None, stat.start_ticks) and stat.alive
 
 
 def session_members(sessions: Iterable[int]) -> dict[int, list[int]]:
@@ -112,11 +79,10 @@ def session_members(sessions: Iterable[int]) -> dict[int, list[int]]:
     """
     wanted = set(sessions)
     members: dict[int, list[int]] = {sid: [] for sid in wanted}
-    if not wanted:
-        return members
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (stat := proc_stat(int(name))) and stat[1] in wanted and stat[0] not in ("Z", "X"):
-            members[stat[1]].append(int(name))
+    if wanted:
+        for pid, stat in (live_processes() or {}).items():
+            if stat.session in wanted:
+                members[stat.session].append(pid)
     return members
 
 
@@ -145,7 +111,7 @@ def kill_sessions(leaders: Mapping[int, int]) -> None:
 
     A session whose leader pid now belongs to another process (different start time) is not ours and is skipped.
     """
-    ours = [sid for sid, ticks in leaders.items() if (stat := proc_stat(sid)) is None or stat[2] == ticks]
+    ours = [sid for sid, ticks in leaders.items() if (stat := proc_stat(sid)) is None or stat.start_ticks == ticks]
     for sid, pids in session_members(ours).items():
         kill_pids(pids)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -296,7 +262,7 @@ class Shepherd:
         return env
 
     def _launch(self, elem: _Element, slots: list[int]) -> None:
-        out_path, err_path = log_paths(self.log_dir, self.name, self.job_id, elem.index)
+        out_path, err_path = log_file_paths(self.log_dir, self.name, self.job_id, elem.index)
         elem.slots = slots
         elem.start_time = time.time()
         elem.started_mono = time.monotonic()
@@ -330,7 +296,7 @@ class Shepherd:
             self.dir / element_file("started", elem.index),
             {
                 "pid": elem.proc.pid,
-                "start_ticks": stat[2] if stat else None,
+                "start_ticks": stat.start_ticks if stat else None,
                 "hostname": self.host,
                 "start_time": elem.start_time,
             },

@@ -15,12 +15,14 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from jobmon_airflow.clusters.gridengine import (
     DEFAULT_COMMAND_TIMEOUT_S,
+    DEFAULT_MEMORY_RESOURCE,
     DEFAULT_PE,
     DEFAULT_SGE_CELL,
     DEFAULT_SGE_ROOT,
+    DEFAULT_SUBMIT_RETRY_S,
     GridEngineCluster,
 )
-from jobmon_airflow.db import jobmon_home
+from jobmon_airflow.paths import cache_dir
 
 DEFAULT_POLL_INTERVAL_S = 30.0
 
@@ -31,7 +33,19 @@ class GridEngineHook(BaseHook):
     Extras, each optional: ``sge_root`` (default ``/var/lib/gridengine``), ``sge_cell`` (``default``), ``queue``
     and ``project`` (defaults for jobs that name none), ``pe`` (parallel environment for multi-core jobs, ``smp``),
     ``log_dir`` (where job logs go unless the caller says otherwise), ``poll_interval`` (seconds between shared
-    qstat polls, 30), ``command_timeout`` (seconds, 60). Without the connection the defaults apply.
+    qstat polls, 30), ``command_timeout`` (seconds, 60), ``submit_retry_seconds`` (how long a submission waits out
+    an unreachable qmaster, 60; 0: not at all). Without the connection the defaults apply.
+
+    Site options, validated and quoted like everything else (as dask-jobqueue's ``job_extra_directives``):
+
+    * ``memory_resource``: ``"h_vmem"`` (default: ``-l h_vmem=<memory / cores>`` per slot) or ``"m_mem_free"``
+      (Univa Grid Engine: ``-l m_mem_free=<memory>`` for the whole job);
+    * ``extra_resources``: ``{"name": "value"}`` or ``["name=value"]``, each added as ``-l name=value`` (not
+      h_rt, h_vmem or the memory resource: the backend requests those from ``compute_resources``);
+    * ``extra_qsub_args``: a list of qsub arguments, one element each, e.g. ``["-p", "-100", "-A", "team"]``
+      (passed as argv, never through a shell; options the backend sets itself are refused).
+
+    A refused value raises ValueError naming the connection and the extra when the cluster is built.
     """
 
     conn_name_attr = "gridengine_conn_id"
@@ -56,14 +70,15 @@ class GridEngineHook(BaseHook):
         value = self.extras.get(key)
         return str(value) if value not in (None, "") else default
 
-    def _seconds(self, key: str, default: float) -> float:
+    def _seconds(self, key: str, default: float, *, zero_ok: bool = False) -> float:
         value = self.extras.get(key, default)
         try:
             seconds = float(value)
         except (TypeError, ValueError):
             seconds = -1.0
-        if not seconds > 0:
-            raise ValueError(f"connection {self.gridengine_conn_id!r} extra {key}: expected seconds > 0, got {value!r}")
+        if not (seconds >= 0 if zero_ok else seconds > 0):
+            expected = "seconds ≥ 0" if zero_ok else "seconds > 0"
+            raise ValueError(f"connection {self.gridengine_conn_id!r} extra {key}: expected {expected}, got {value!r}")
         return seconds
 
     @property
@@ -76,22 +91,36 @@ class GridEngineHook(BaseHook):
         return Path(text) if text else None
 
     def get_cluster(self) -> GridEngineCluster:
-        return GridEngineCluster(
-            sge_root=self._text("sge_root", DEFAULT_SGE_ROOT) or DEFAULT_SGE_ROOT,
-            sge_cell=self._text("sge_cell", DEFAULT_SGE_CELL) or DEFAULT_SGE_CELL,
-            queue=self._text("queue"),
-            project=self._text("project"),
-            pe=self._text("pe", DEFAULT_PE) or DEFAULT_PE,
-            command_timeout=self._seconds("command_timeout", DEFAULT_COMMAND_TIMEOUT_S),
-            limits_cache_dir=jobmon_home() / "cache",  # queue limits shared by this host's task processes
-        )
+        """The cluster; ValueError naming the connection and the extra when a site option is refused."""
+        sge_root = self._text("sge_root", DEFAULT_SGE_ROOT) or DEFAULT_SGE_ROOT
+        sge_cell = self._text("sge_cell", DEFAULT_SGE_CELL) or DEFAULT_SGE_CELL
+        command_timeout = self._seconds("command_timeout", DEFAULT_COMMAND_TIMEOUT_S)
+        submit_retry_seconds = self._seconds("submit_retry_seconds", DEFAULT_SUBMIT_RETRY_S, zero_ok=True)
+        try:
+            return GridEngineCluster(
+                sge_root=sge_root,
+                sge_cell=sge_cell,
+                queue=self._text("queue"),
+                project=self._text("project"),
+                pe=self._text("pe", DEFAULT_PE) or DEFAULT_PE,
+                command_timeout=command_timeout,
+                submit_retry_seconds=submit_retry_seconds,
+                limits_cache_dir=cache_dir(),  # queue limits shared by this host's task processes
+                memory_resource=self.extras.get("memory_resource") or DEFAULT_MEMORY_RESOURCE,
+                extra_resources=self.extras.get("extra_resources"),
+                extra_qsub_args=self.extras.get("extra_qsub_args"),
+            )
+        except ValueError as exc:  # the message starts with the extra's name
+            raise ValueError(f"connection {self.gridengine_conn_id!r} extra {exc}") from None
 
     def get_conn(self) -> GridEngineCluster:
         return self.get_cluster()
 
     def test_connection(self) -> tuple[bool, str]:
         try:
-            limits = self.get_cluster().queue_limits(None)
+            cluster = self.get_cluster()
+            cluster.submit_retry_seconds = 0  # answer the UI now: an unreachable qmaster is the news
+            limits = cluster.queue_limits(None)
         except Exception as exc:  # report any failure to the UI instead of raising
             return False, f"{type(exc).__name__}: {exc}"
         return True, f"Grid Engine reachable; queue {limits.name}: {limits}"
@@ -103,6 +132,8 @@ class GridEngineHook(BaseHook):
             "relabeling": {},
             "placeholders": {
                 "extra": '{"sge_root": "/var/lib/gridengine", "sge_cell": "default", "queue": "all.q", '
-                '"project": null, "log_dir": "/shared/jobmon/logs", "poll_interval": 30}',
+                '"project": null, "log_dir": "/shared/jobmon/logs", "poll_interval": 30, '
+                '"memory_resource": "h_vmem", "extra_resources": {"h_stack": "32M"}, '
+                '"extra_qsub_args": ["-p", "-100"], "submit_retry_seconds": 60}',
             },
         }

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from jobmon_airflow import db
 from jobmon_airflow.paths import default_db_url
-from jobmon_airflow.service import JobmonService
+from jobmon_airflow.service import Services
 
 STATE_MANAGER_URL_ENV = "JOBMON_AIRFLOW_STATE_MANAGER_URL"
 DEFAULT_STATE_MANAGER_URL = "http://127.0.0.1:8790/jobmon"  # `jobmon-airflow server` defaults
@@ -84,8 +84,9 @@ class JobmonHook(BaseHook):
         db.ensure_schema(engine)
         return engine
 
-    def get_service(self) -> JobmonService:
-        return JobmonService(self.get_conn())
+    def get_services(self) -> Services:
+        """The service layer on this connection's state database."""
+        return Services.for_engine(self.get_conn())
 
     @property
     def state_manager_url(self) -> str:

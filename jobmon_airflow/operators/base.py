@@ -1,22 +1,27 @@
-"""What every Jobmon operator shares: the Jobmon connection, the cluster, where logs go, how often to poll."""
+"""What every Jobmon operator shares: its arguments (checked at parse time), the collaborators built at run time
+from the connections, and the one place where a run's verdict becomes an Airflow outcome."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from jobmon_airflow import db, execution
-from jobmon_airflow.clusters import cluster_spec, get_cluster
-from jobmon_airflow.clusters.base import Cluster
+from jobmon_airflow import paths
+from jobmon_airflow.clusters.base import Cluster, ClusterUnavailable, SubmissionError
+from jobmon_airflow.execution import JobSettings, Verdict, VerdictKind, WorkflowIdentity
+from jobmon_airflow.hooks.cluster import cluster_spec, get_cluster
 from jobmon_airflow.hooks.jobmon import JobmonHook
-from jobmon_airflow.resources import Resources, scale_resources
-from jobmon_airflow.service import JobmonService
-from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S
+from jobmon_airflow.records import RecordError, WatchEvent
+from jobmon_airflow.resources import ResourceError, Resources, validate_resource_scales
+from jobmon_airflow.service import Services
+from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, Poller
 
 LOCAL_POLL_INTERVAL_S = 10.0
 
@@ -33,7 +38,9 @@ class JobmonBaseOperator(BaseOperator):
     :param compute_resources: Jobmon resource keys: ``cores``, ``memory`` ("2G", "500M" or GiB), ``runtime``
         (seconds, "HH:MM:SS" or "10m"), ``queue``, ``project`` (templated); bad values fail naming the field.
     :param max_attempts: Jobmon attempts per task (default 3).
-    :param resource_scales: growth after a resource kill, Jobmon's default ``{"memory": 0.5, "runtime": 0.5}``.
+    :param resource_scales: growth after a resource kill, per resource: a number ``s`` (× (1 + s)) or a list of
+        numbers, the k-th for the k-th retry (the last repeats); Jobmon's default ``{"memory": 0.5, "runtime":
+        0.5}``. Callables and iterators are refused: every try is a new process and the scales are stored as JSON.
     :param fallback_queues: queues to try, in order, when the resources do not fit the requested queue.
     :param cluster: ``local`` or ``gridengine`` (default: the Jobmon connection's ``cluster`` extra, else local).
     :param tool: Jobmon tool name (default: the dag_id); ``workflow_args``: the workflow's identity within the
@@ -72,7 +79,7 @@ class JobmonBaseOperator(BaseOperator):
         super().__init__(**kwargs)
         self.compute_resources = dict(compute_resources or {})
         self.max_attempts = max_attempts
-        self.resource_scales = dict(resource_scales) if resource_scales is not None else None
+        self.resource_scales = validate_resource_scales(resource_scales)  # consumes nothing; JSON-able
         self.fallback_queues = list(fallback_queues)
         self.cluster = cluster
         self.jobmon_conn_id = jobmon_conn_id
@@ -86,16 +93,15 @@ class JobmonBaseOperator(BaseOperator):
         self.lost_grace_s = lost_grace_s
         if not is_templated(self.compute_resources):
             Resources.parse(self.compute_resources)  # bad values fail when the DAG is parsed
-        if self.resource_scales is not None:
-            scale_resources(Resources(), self.resource_scales)
 
+    # -- collaborators, built at run time ----------------------------------------------------------------------
     @cached_property
     def hook(self) -> JobmonHook:
         return JobmonHook(self.jobmon_conn_id)
 
     @cached_property
-    def service(self) -> JobmonService:
-        return self.hook.get_service()
+    def services(self) -> Services:
+        return self.hook.get_services()
 
     @cached_property
     def cluster_spec(self) -> dict[str, Any]:
@@ -118,16 +124,26 @@ class JobmonBaseOperator(BaseOperator):
             return float(self.poll_interval)
         return float(self._gridengine_hook.poll_interval) if self._gridengine_hook else LOCAL_POLL_INTERVAL_S
 
-    @property
-    def cluster_id(self) -> int:
-        return self.service.cluster_id(self.cluster_spec["type"], self.cluster_spec["type"])
-
-    def run_log_dir(self, run_id: str) -> Path:
+    def job_settings(self, run_id: str) -> JobSettings:
         """Logs, exit records and tokens of one DAG run: ``log_dir``, else the Grid Engine connection's, else
         ``$JOBMON_AIRFLOW_HOME/logs``; on a real cluster a directory every node sees."""
         configured = self.log_dir or (self._gridengine_hook.log_dir if self._gridengine_hook else None)
-        root = Path(configured) if configured else db.jobmon_home() / "logs"
-        return root / execution.safe_path_part(self.dag_id) / execution.safe_path_part(run_id)
+        return JobSettings(
+            log_dir=paths.run_log_dir(Path(configured) if configured else None, self.dag_id, run_id),
+            state_manager_url=self.hook.state_manager_url,
+            heartbeat_interval=self.heartbeat_interval,
+            http_retry_seconds=self.hook.worker_http_retry_seconds,
+        )
+
+    def workflow(self, context: Context) -> WorkflowIdentity:
+        return WorkflowIdentity(
+            dag_id=self.dag_id,
+            run_id=context["run_id"],
+            tool=self.tool,
+            tool_version=self.tool_version(),
+            workflow_args=self.workflow_args,
+            try_number=context["ti"].try_number,
+        )
 
     def tool_version(self) -> str:
         """The DAG's code version: a hash of its file, so a changed DAG binds a new tool version."""
@@ -135,3 +151,49 @@ class JobmonBaseOperator(BaseOperator):
             return hashlib.sha256(Path(self.dag.fileloc).read_bytes()).hexdigest()[:16]
         except Exception:  # no DAG file (built in a test, a REPL): one version
             return "1"
+
+    # -- waiting ---------------------------------------------------------------------------------------------------
+    def trigger_kwargs(self) -> dict[str, Any]:
+        """Where a trigger looks and how often (what every Jobmon trigger takes)."""
+        return {
+            "cluster": self.cluster_spec,
+            "jobmon_conn_id": self.jobmon_conn_id,
+            "poll_interval": self.resolved_poll_interval,
+            "lost_grace_s": self.lost_grace_s,
+        }
+
+    def wait_for(self, trigger: Any, jobs: Mapping[int, str]) -> dict[int, WatchEvent]:
+        """Defer to ``trigger`` (``execute_complete`` goes on); in blocking mode, poll here until the instances in
+        {instance id: job id} have ended and return their events."""
+        if self.deferrable:
+            self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
+        poller = Poller(self.services, self.cluster_backend, self.lost_grace_s)
+        return poller.wait_all_blocking(jobs, self.resolved_poll_interval)
+
+    # -- outcomes ------------------------------------------------------------------------------------------------
+    @contextmanager
+    def cluster_errors(self) -> Iterator[None]:
+        """A configuration error or a refusal fails without retry; a cluster that cannot be reached fails this
+        try only (Airflow retries it)."""
+        try:
+            yield
+        except ClusterUnavailable as exc:
+            raise AirflowException(f"{self.cluster_spec['type']} cluster unavailable: {exc}") from None
+        except (SubmissionError, ResourceError) as exc:
+            raise AirflowFailException(f"{self.cluster_spec['type']} refused the job: {exc}") from None
+
+    def watch_event(self, event: Any) -> WatchEvent:
+        try:
+            return WatchEvent.from_dict(event)
+        except RecordError as exc:
+            raise AirflowException(f"Jobmon trigger sent an unexpected event {event!r}: {exc}") from None
+
+    def outcome(self, verdict: Verdict) -> Any:
+        """Success returns the result (XCom); a retry or a failure raises, with the error logs in the task log."""
+        for detail in verdict.details:
+            self.log.error("Error log (stderr tail):\n%s", detail)
+        if verdict.kind == VerdictKind.SUCCESS:
+            return verdict.result
+        if verdict.kind == VerdictKind.RETRY:
+            raise AirflowException(verdict.message)
+        raise AirflowFailException(verdict.message)

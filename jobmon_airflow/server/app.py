@@ -8,23 +8,21 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from jobmon_airflow import db, service
+from jobmon_airflow import __version__, db
 from jobmon_airflow.server import state
+from jobmon_airflow.service import Reports
 
 URL_PREFIX = "/jobmon"
 
 
 def create_app(db_url: str | None = None) -> FastAPI:
-    """The app; ``db_url`` defaults to the ``jobmon_default`` connection (or the embedded SQLite file)."""
-    if db_url is None:
-        from jobmon_airflow.hooks.jobmon import JobmonHook
-
-        db_url = JobmonHook().get_db_url()
+    """The app on the state database at ``db_url`` (default: the embedded SQLite file; the plugin and the CLI
+    resolve the ``jobmon_default`` connection and pass its URL)."""
     engine = db.get_engine(db_url)
     db.ensure_schema(engine)
-    app = FastAPI(title="Jobmon", version=service.__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.jobmon_service = service.JobmonService(engine)
-    app.state.heartbeats = state.HeartbeatCoalescer(app.state.jobmon_service)
+    app = FastAPI(title="Jobmon", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.reports = Reports(engine)
+    app.state.heartbeats = state.HeartbeatCoalescer(app.state.reports)
     app.include_router(state.router)
     return app
 

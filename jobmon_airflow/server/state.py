@@ -16,7 +16,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from jobmon_airflow import service, states
+from jobmon_airflow import states
+from jobmon_airflow.records import Usage as UsageRecord
+from jobmon_airflow.service import NotFound, Reports, Unauthorized
 
 router = APIRouter(prefix="/api/state", tags=["state"])
 _bearer = HTTPBearer(auto_error=False)
@@ -26,6 +28,9 @@ class Usage(BaseModel):
     maxrss_bytes: int | None = None
     wallclock_s: float | None = None
     cpu_s: float | None = None
+
+    def record(self) -> UsageRecord:
+        return UsageRecord(self.maxrss_bytes, self.wallclock_s, self.cpu_s)
 
 
 class LogRunning(BaseModel):
@@ -57,12 +62,12 @@ class StatusReply(BaseModel):
     status: str
 
 
-def get_service(request: Request) -> service.JobmonService:
-    svc: service.JobmonService = request.app.state.jobmon_service
-    return svc
+def get_reports(request: Request) -> Reports:
+    reports: Reports = request.app.state.reports
+    return reports
 
 
-Svc = Annotated[service.JobmonService, Depends(get_service)]
+Svc = Annotated[Reports, Depends(get_reports)]
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
@@ -78,7 +83,7 @@ def authorized_instance(
 ) -> int:
     try:
         svc.authenticate(task_instance_id, _token(credentials))
-    except service.Unauthorized as exc:
+    except Unauthorized as exc:
         raise HTTPException(403, str(exc)) from None
     return task_instance_id
 
@@ -91,7 +96,7 @@ def _reply(call: Any, *args: Any) -> StatusReply:
         return StatusReply(status=call(*args))
     except states.IllegalTransition as exc:
         raise HTTPException(409, str(exc)) from None
-    except service.NotFound as exc:
+    except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
 
 
@@ -112,14 +117,14 @@ class HeartbeatCoalescer:
     arriving during one form the next batch.
     """
 
-    def __init__(self, svc: service.JobmonService, window: float = 0.02) -> None:
+    def __init__(self, svc: Reports, window: float = 0.02) -> None:
         self.svc = svc
         self.window = window
         self._pending: dict[int, _Beats] = {}
         self._flush: asyncio.Task[None] | None = None
 
     async def report(self, ti_id: int, token: str, next_report: float) -> str:
-        """The instance's status after this heartbeat; :class:`service.Unauthorized` for a wrong token."""
+        """The instance's status after this heartbeat; :class:`Unauthorized` for a wrong token."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         beats = self._pending.setdefault(ti_id, _Beats())
         beats.increment = max(beats.increment, next_report)
@@ -147,7 +152,7 @@ class HeartbeatCoalescer:
                     if token in authorized[ti_id]:
                         future.set_result(statuses.get(ti_id, "unknown"))
                     else:
-                        future.set_exception(service.Unauthorized(f"token is not valid for task instance {ti_id}"))
+                        future.set_exception(Unauthorized(f"token is not valid for task instance {ti_id}"))
 
     def _write(self, batch: dict[int, _Beats]) -> tuple[dict[int, str], dict[int, set[str]]]:
         authorized = self.svc.authorized({ti_id: [t for t, _ in beats.waiters] for ti_id, beats in batch.items()})
@@ -182,7 +187,7 @@ async def log_report_by(request: Request) -> Response:
     coalescer: HeartbeatCoalescer = request.app.state.heartbeats
     try:
         status = await coalescer.report(request.path_params["task_instance_id"], token, body.next_report_increment)
-    except service.Unauthorized as exc:
+    except Unauthorized as exc:
         return JSONResponse({"detail": str(exc)}, 403)
     return Response(StatusReply(status=status).model_dump_json(), media_type="application/json")
 
@@ -192,7 +197,7 @@ router.add_route(f"{router.prefix}/task_instance/{{task_instance_id:int}}/log_re
 
 @router.post("/task_instance/{task_instance_id}/log_done")
 def log_done(ti_id: TaskInstanceId, body: LogDone, svc: Svc) -> StatusReply:
-    return _reply(svc.log_done, ti_id, body.nodename, body.usage.model_dump())
+    return _reply(svc.log_done, ti_id, body.nodename, body.usage.record())
 
 
 @router.post("/task_instance/{task_instance_id}/log_error")
@@ -204,5 +209,5 @@ def log_error(ti_id: TaskInstanceId, body: LogError, svc: Svc) -> StatusReply:
         body.exit_status,
         body.error_message,
         body.nodename,
-        body.usage.model_dump(),
+        body.usage.record(),
     )

@@ -80,20 +80,20 @@ def test_dag_run_through_scheduler_triggerer_and_plugin_state_manager(airflow: A
 
 def test_marking_a_deferred_task_failed_kills_its_job(airflow: AirflowAPI) -> None:
     from jobmon_airflow import db
-    from jobmon_airflow.service import JobmonService
+    from jobmon_airflow.service import Services
 
     dag_id = "e2e_jobmon_kill"
     run_id = trigger(airflow, dag_id)
     wait_for(lambda: airflow.ti_state(dag_id, run_id, "sleeper") == "deferred", 180, "the task to defer")
     url = f"sqlite:///{airflow.env['JOBMON_AIRFLOW_HOME']}/jobmon.sqlite"
-    svc = JobmonService(db.get_engine(url))
+    svc = Services.for_engine(db.get_engine(url))
     (wf,) = jobmon_rows(airflow, dag_id)
-    (task,) = svc.workflow_tasks(wf["WF_ID"])
+    (task,) = svc.queries.workflow_tasks(wf["WF_ID"])
     ti_id = task["TASK_INSTANCE_ID"]
-    wait_for(lambda: svc.status_of(ti_id) == "R", 60, "the job to run")
-    pgid = svc.task_instance(ti_id)
+    wait_for(lambda: svc.reports.status_of(ti_id) == "R", 60, "the job to run")
+    pgid = svc.queries.task_instance(ti_id)
     airflow.request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/sleeper", {"new_state": "failed"})
-    wait_for(lambda: svc.status_of(ti_id) == "K", 60, "the trigger's on_kill to record K")
+    wait_for(lambda: svc.reports.status_of(ti_id) == "K", 60, "the trigger's on_kill to record K")
     cluster_job = pgid.distributor_id
     assert cluster_job is not None
 

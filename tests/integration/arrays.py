@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobmon_airflow import models
-from jobmon_airflow.service import JobmonService
+from jobmon_airflow.service import Services
 from jobmon_airflow.templates import TaskTemplate
 
 # Element i: 3 and 7 exit 3 on their first attempt; 11 is killed for memory on its first attempt (three children
@@ -50,7 +50,7 @@ def element_template(tmp_path: Path) -> tuple[TaskTemplate, dict[str, Any]]:
     return template, {"python": sys.executable, "script": str(script), "folder": str(folder)}
 
 
-def array_instances(service: JobmonService, dag_id: str) -> list[dict[str, Any]]:
+def array_instances(service: Services, dag_id: str) -> list[dict[str, Any]]:
     """Every instance of the array's elements, with the element's node arg and the resources it ran with."""
     ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
     tr = models.TaskResources.__table__
@@ -77,7 +77,7 @@ def array_instances(service: JobmonService, dag_id: str) -> list[dict[str, Any]]
     ]
 
 
-def assert_twenty_elements_recovered(service: JobmonService, dag_id: str) -> None:
+def assert_twenty_elements_recovered(service: Services, dag_id: str) -> None:
     """20 elements all done, 23 instances, the memory-killed element retried with 1.5× memory."""
     rows = array_instances(service, dag_id)
     assert len(rows) == 23, [(r["element"], r["status"]) for r in rows]

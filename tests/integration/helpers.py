@@ -9,10 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobmon_airflow import models
-from jobmon_airflow.service import JobmonService
+from jobmon_airflow.service import Services
 
 
-def instances(service: JobmonService, dag_id: str, task_id: str) -> list[dict[str, Any]]:
+def instances(service: Services, dag_id: str, task_id: str) -> list[dict[str, Any]]:
     """Every task instance of one Airflow task, oldest first, with its requested resources and error logs."""
     ti, task, wf = models.TaskInstance.__table__, models.Task.__table__, models.Workflow.__table__
     tr, el = models.TaskResources.__table__, models.TaskInstanceErrorLog.__table__

@@ -13,7 +13,7 @@ from jobmon_airflow.clusters.local import LocalCluster
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.operators import JobmonArrayOperator, JobmonTaskOperator
 from jobmon_airflow.paths import jobmon_home
-from jobmon_airflow.service import JobmonService
+from jobmon_airflow.service import Services
 from tests.conftest import run_dag
 from tests.integration.arrays import array_instances, assert_twenty_elements_recovered, element_template
 
@@ -21,11 +21,11 @@ pytestmark = pytest.mark.usefixtures("airflow_db", "state_manager")
 
 
 @pytest.fixture
-def service() -> JobmonService:
-    return JobmonHook().get_service()
+def service() -> Services:
+    return JobmonHook().get_services()
 
 
-def test_twenty_elements_two_transient_failures_one_memory_kill(service: JobmonService, tmp_path: Path) -> None:
+def test_twenty_elements_two_transient_failures_one_memory_kill(service: Services, tmp_path: Path) -> None:
     template, args = element_template(tmp_path)
     with DAG("array_local_twenty", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
         JobmonArrayOperator(
@@ -42,7 +42,7 @@ def test_twenty_elements_two_transient_failures_one_memory_kill(service: JobmonS
 
 
 def test_failed_elements_are_listed_with_their_last_error(
-    service: JobmonService, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    service: Services, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     broken = tmp_path / "broken.sh"
     broken.write_text('if [ "$1" = 2 ]; then echo "element 2 cannot read its input" >&2; exit 4; fi\n')
@@ -67,7 +67,7 @@ def test_failed_elements_are_listed_with_their_last_error(
     assert "maybe:i=2 (task" in out and "element 2 cannot read its input" in out
 
 
-def test_max_concurrently_running_caps_the_running_elements(service: JobmonService, tmp_path: Path) -> None:
+def test_max_concurrently_running_caps_the_running_elements(service: Services, tmp_path: Path) -> None:
     from jobmon_airflow.templates import TaskTemplate
 
     tt = TaskTemplate(name="nap", command_template="sleep {seconds} # {i}", node_args=["i"], op_args=["seconds"])
@@ -90,7 +90,7 @@ def test_max_concurrently_running_caps_the_running_elements(service: JobmonServi
     assert most == 2  # two at a time, never three
 
 
-def test_mapped_task_operator_is_one_jobmon_task_per_map_index(service: JobmonService, tmp_path: Path) -> None:
+def test_mapped_task_operator_is_one_jobmon_task_per_map_index(service: Services, tmp_path: Path) -> None:
     with DAG("mapped_local", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
         JobmonTaskOperator.partial(task_id="mapped", poll_interval=0.5).expand(
             command=[f"echo {i} > {tmp_path}/out_{i}" for i in range(3)]
@@ -98,7 +98,7 @@ def test_mapped_task_operator_is_one_jobmon_task_per_map_index(service: JobmonSe
     dag_run: Any = run_dag(dag)
     assert str(dag_run.state) == "success"
     assert sorted(p.read_text() for p in tmp_path.glob("out_*")) == ["0\n", "1\n", "2\n"]
-    (row,) = service.workflow_status(dag_id="mapped_local")
+    (row,) = service.queries.workflow_status(dag_id="mapped_local")
     assert (row["TASKS"], row["DONE"]) == (3, 3)
-    names = sorted(t["TASK_NAME"] for t in service.workflow_tasks(row["WF_ID"]))
+    names = sorted(t["TASK_NAME"] for t in service.queries.workflow_tasks(row["WF_ID"]))
     assert names == ["mapped[0]", "mapped[1]", "mapped[2]"]

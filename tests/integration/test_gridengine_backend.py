@@ -18,7 +18,16 @@ from typing import Any
 
 import pytest
 
-from jobmon_airflow.clusters.base import ExitInfo, ExitKind, JobRequest, JobState, JobStatus, SubmissionError
+from jobmon_airflow.clusters.base import (
+    ClusterUnavailable,
+    ExitInfo,
+    ExitKind,
+    JobRequest,
+    JobState,
+    JobStatus,
+    SubmissionError,
+    UnknownQueue,
+)
 from jobmon_airflow.clusters.gridengine import GridEngineCluster, parse_qstat_xml
 from jobmon_airflow.resources import Resources
 
@@ -233,3 +242,54 @@ def test_eqw_job_is_an_error_with_its_reason(cluster: CountingCluster, tmp_path:
     info = finish(cluster, [victim])[victim]
     assert (info.kind, info.start_time) == (ExitKind.ERROR, None)
     assert "failed 28: changing into working directory" in info.reason
+
+
+def qstat_j(job_id: str) -> dict[str, str]:
+    """``qstat -j <id>`` as {field: value}."""
+    out = subprocess.run(["qstat", "-j", job_id], capture_output=True, text=True, check=True).stdout
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
+
+
+def test_site_options_reach_the_job(gridengine: dict[str, str], tmp_path: Path) -> None:
+    """An extra -l resource and extra qsub arguments (priority, and a hold so the job waits to be looked at)."""
+    cluster = GridEngineCluster(
+        extra_resources={"s_rt": "0:10:0", "h_stack": "16M"}, extra_qsub_args=["-p", "-5", "-h"]
+    )
+    job_id = cluster.submit(job(tmp_path, ["/bin/true"], resources=Resources(memory=0.5, runtime=60)))
+    try:
+        assert cluster.statuses([job_id])[job_id].raw == "hqw"
+        details = qstat_j(job_id)
+        assert details["hard resource_list"] == "h_vmem=512M,h_rt=60,s_rt=600,h_stack=16M"
+        assert details["priority"] == "-5"
+    finally:
+        cluster.kill([job_id])
+
+
+def test_unreachable_qmaster_is_unavailable_and_submits_nothing(
+    gridengine: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port no qmaster listens on (the real qmaster is not touched): qsub, qstat and qdel fail as in an outage."""
+    name = f"outage_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SGE_QMASTER_PORT", "1")
+    cluster = GridEngineCluster(submit_retry_seconds=1.5)
+    cluster.RETRY_FIRST_DELAY_S = 0.2
+    started = time.monotonic()
+    with pytest.raises(ClusterUnavailable, match="unable to send message to qmaster") as exc:
+        cluster.submit(job(tmp_path, ["/bin/true"], name=name))
+    assert 1.5 <= time.monotonic() - started < 10
+    assert f"job '{name}' was not submitted" in str(exc.value)
+    with pytest.raises(ClusterUnavailable):
+        cluster.statuses(["1"])
+    with pytest.raises(ClusterUnavailable):
+        cluster.kill(["999999"])
+    with pytest.raises(ClusterUnavailable):
+        cluster.queue_limits("all.q")
+    monkeypatch.delenv("SGE_QMASTER_PORT")
+    assert GridEngineCluster().find_jobs(name) == []
+
+
+def test_unknown_queue_lists_the_queues(gridengine: dict[str, str]) -> None:
+    with pytest.raises(
+        UnknownQueue, match=r"compute_resources.queue: Grid Engine has no queue 'nosuch.q'; its queues: .*all\.q"
+    ):
+        GridEngineCluster().queue_limits("nosuch.q")

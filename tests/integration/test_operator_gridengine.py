@@ -28,8 +28,7 @@ from jobmon_airflow.clusters.gridengine import GridEngineCluster
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.server.app import start_in_thread
-from jobmon_airflow.service import JobmonService
-from jobmon_airflow.watch import SharedWatcher
+from jobmon_airflow.service import Services
 from tests.conftest import free_port, run_dag
 from tests.integration.helpers import instances, wait_for
 
@@ -77,7 +76,7 @@ def service(gridengine: dict[str, str], mariadb_url: str, tmp_path_factory: pyte
         port = free_port()
         server = start_in_thread(port, db_url)
         mp.setenv("JOBMON_AIRFLOW_STATE_MANAGER_URL", f"http://127.0.0.1:{port}/jobmon")
-        yield hook.get_service()
+        yield hook.get_services()
         server.should_exit = True
 
 
@@ -108,7 +107,7 @@ def accounting(job_id: str) -> Any:
         time.sleep(0.5)
 
 
-def test_success_on_grid_engine(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+def test_success_on_grid_engine(service: Services, dag_id: str, tmp_path: Path) -> None:
     out = tmp_path / "host.txt"
     dag = make_dag(dag_id, hello={"command": f"hostname > {out}; echo $JOB_ID >> {out}", "compute_resources": {}})
     dag_run: Any = run_dag(dag)
@@ -121,7 +120,7 @@ def test_success_on_grid_engine(service: JobmonService, dag_id: str, tmp_path: P
     assert info is not None and info.exit_status == 0
 
 
-def test_exit_3_is_an_error_and_is_retried(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+def test_exit_3_is_an_error_and_is_retried(service: Services, dag_id: str, tmp_path: Path) -> None:
     marker = tmp_path / "tried"
     command = f"if [ ! -e {marker} ]; then touch {marker}; echo 'no input yet' >&2; exit 3; fi"
     dag_run: Any = run_dag(make_dag(dag_id, flaky={"command": command}))
@@ -132,7 +131,7 @@ def test_exit_3_is_an_error_and_is_retried(service: JobmonService, dag_id: str, 
     assert first["distributor_id"] != second["distributor_id"]
 
 
-def test_memory_kill_by_execd_is_retried_with_1_5x_h_vmem(service: JobmonService, dag_id: str) -> None:
+def test_memory_kill_by_execd_is_retried_with_1_5x_h_vmem(service: Services, dag_id: str) -> None:
     dag = make_dag(dag_id, hungry={"command": THREE_CHILDREN, "compute_resources": {"memory": "240M", "runtime": 120}})
     dag_run: Any = run_dag(dag)
     assert str(dag_run.state) == "success"
@@ -146,7 +145,7 @@ def test_memory_kill_by_execd_is_retried_with_1_5x_h_vmem(service: JobmonService
     assert retried_info.exit_status == 0
 
 
-def test_runtime_kill_by_h_rt_is_retried_with_scaled_runtime(service: JobmonService, dag_id: str) -> None:
+def test_runtime_kill_by_h_rt_is_retried_with_scaled_runtime(service: Services, dag_id: str) -> None:
     dag_run: Any = run_dag(make_dag(dag_id, slow={"command": "sleep 8", "compute_resources": {"runtime": 5}}))
     assert str(dag_run.state) == "success"
     killed, retried = instances(service, dag_id, "slow")
@@ -155,7 +154,7 @@ def test_runtime_kill_by_h_rt_is_retried_with_scaled_runtime(service: JobmonServ
     assert retried["status"] == "D"
 
 
-def test_two_cores_book_memory_per_slot(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+def test_two_cores_book_memory_per_slot(service: Services, dag_id: str, tmp_path: Path) -> None:
     out = tmp_path / "limits.txt"
     command = f"echo $NSLOTS $PE $(ulimit -v) > {out}"
     dag_run: Any = run_dag(
@@ -168,7 +167,7 @@ def test_two_cores_book_memory_per_slot(service: JobmonService, dag_id: str, tmp
     assert (info.slots, info.granted_pe) == (2, "smp")
 
 
-def test_unsatisfiable_request_fails_at_submission_with_sge_reason(service: JobmonService, dag_id: str) -> None:
+def test_unsatisfiable_request_fails_at_submission_with_sge_reason(service: Services, dag_id: str) -> None:
     before = qstat_job_ids()
     dag_run: Any = run_dag(make_dag(dag_id, huge={"command": "true", "compute_resources": {"cores": 64}}))
     assert str(dag_run.state) == "failed"
@@ -185,16 +184,16 @@ def _deferred(op: JobmonTaskOperator, run_id: str) -> Any:
     return deferred.value.trigger
 
 
-def test_killing_the_deferred_task_deletes_the_sge_job(service: JobmonService, dag_id: str) -> None:
+def test_killing_the_deferred_task_deletes_the_sge_job(service: Services, dag_id: str) -> None:
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)):
         op = JobmonTaskOperator(task_id="sleeper", command="sleep 300", poll_interval=1)
     trigger = _deferred(op, "kill")
 
     async def scenario() -> Any:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(wait_for, lambda: service.status_of(trigger.task_instance_id) == "R")
+        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(trigger.task_instance_id) == "R")
         # The worker authenticated, yet its token is nowhere in what Grid Engine shows about the job.
-        token = next(Path(service.task_instance(trigger.task_instance_id).exit_record).parent.rglob("*.token"))
+        token = next(Path(service.queries.task_instance(trigger.task_instance_id).exit_record).parent.rglob("*.token"))
         details = subprocess.run(["qstat", "-j", trigger.job_id], capture_output=True, text=True).stdout
         assert trigger.job_id in details and token.read_text() not in details
         await trigger.on_kill()
@@ -202,7 +201,7 @@ def test_killing_the_deferred_task_deletes_the_sge_job(service: JobmonService, d
 
     event = asyncio.run(scenario())
     assert event["status"] == "K"
-    assert service.status_of(trigger.task_instance_id) == "K"
+    assert service.reports.status_of(trigger.task_instance_id) == "K"
     wait_for(lambda: trigger.job_id not in qstat_job_ids(), 30)
     info = accounting(trigger.job_id)
     assert info is not None and info.exit_status == 137  # qdel of a running job: failed 100, exit 137
@@ -226,7 +225,7 @@ REATTACH_SCRIPT = textwrap.dedent(
 )
 
 
-def test_reattach_after_the_operator_process_dies(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+def test_reattach_after_the_operator_process_dies(service: Services, dag_id: str, tmp_path: Path) -> None:
     script = tmp_path / "run_operator.py"
     script.write_text(REATTACH_SCRIPT)
     marker = tmp_path / "marker"
@@ -259,7 +258,7 @@ def test_reattach_after_the_operator_process_dies(service: JobmonService, dag_id
     assert accounting_records() == 1
 
 
-def test_launched_job_that_vanishes_before_running_is_a_retryable_error(service: JobmonService, dag_id: str) -> None:
+def test_launched_job_that_vanishes_before_running_is_a_retryable_error(service: Services, dag_id: str) -> None:
     from airflow.sdk.exceptions import AirflowException
 
     queue = "all.q"
@@ -280,7 +279,7 @@ def test_launched_job_that_vanishes_before_running_is_a_retryable_error(service:
     assert attempt["status"] == "E" and attempt["task_status"] == "G"  # retryable
 
 
-def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: JobmonService, dag_id: str) -> None:
+def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: Services, dag_id: str) -> None:
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)):
         ops = [JobmonTaskOperator(task_id=f"t{i}", command="sleep 120", poll_interval=0.5) for i in range(50)]
     subprocess.run(["qmod", "-d", "all.q"], check=True, capture_output=True)  # 50 pending jobs, none running
@@ -291,9 +290,7 @@ def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: JobmonService, da
     qstat_calls: list[float] = []
 
     async def scenario() -> float:
-        watcher = await SharedWatcher.get(
-            triggers[0].jobmon_conn_id, triggers[0].cluster, triggers[0].poll_interval, triggers[0].lost_grace_s
-        )
+        watcher = await triggers[0].watcher()
         cluster = watcher.poller.cluster
         real_run = cluster._run  # type: ignore[attr-defined]
 
@@ -321,9 +318,7 @@ def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: JobmonService, da
     assert all(g >= 0.45 for g in gaps), gaps
 
 
-def test_array_of_twenty_recovers_failures_and_a_memory_kill(
-    service: JobmonService, dag_id: str, tmp_path: Path
-) -> None:
+def test_array_of_twenty_recovers_failures_and_a_memory_kill(service: Services, dag_id: str, tmp_path: Path) -> None:
     from jobmon_airflow.operators import JobmonArrayOperator
     from tests.integration.arrays import assert_twenty_elements_recovered, element_template
 
@@ -342,7 +337,7 @@ def test_array_of_twenty_recovers_failures_and_a_memory_kill(
     assert_twenty_elements_recovered(service, dag_id)
 
 
-def test_array_tc_caps_running_elements_in_accounting(service: JobmonService, dag_id: str) -> None:
+def test_array_tc_caps_running_elements_in_accounting(service: Services, dag_id: str) -> None:
     from jobmon_airflow.operators import JobmonArrayOperator
     from jobmon_airflow.templates import TaskTemplate
     from tests.integration.arrays import array_instances
@@ -366,15 +361,15 @@ def test_array_tc_caps_running_elements_in_accounting(service: JobmonService, da
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans)), spans
 
 
-def test_mapped_task_operator_on_grid_engine(service: JobmonService, dag_id: str, tmp_path: Path) -> None:
+def test_mapped_task_operator_on_grid_engine(service: Services, dag_id: str, tmp_path: Path) -> None:
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)) as dag:
         JobmonTaskOperator.partial(task_id="mapped", **FAST).expand(
             command=[f"echo $JOB_ID > {tmp_path}/out_{i}" for i in range(3)]
         )
     dag_run: Any = run_dag(dag)
     assert str(dag_run.state) == "success"
-    (row,) = service.workflow_status(dag_id=dag_id)
-    tasks = service.workflow_tasks(row["WF_ID"])
+    (row,) = service.queries.workflow_status(dag_id=dag_id)
+    tasks = service.queries.workflow_tasks(row["WF_ID"])
     assert sorted(t["TASK_NAME"] for t in tasks) == ["mapped[0]", "mapped[1]", "mapped[2]"]
     assert sorted(p.read_text().strip() for p in tmp_path.glob("out_*")) == sorted(t["DISTRIBUTOR_ID"] for t in tasks)
 

@@ -21,7 +21,7 @@ from jobmon_airflow import models, paths
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.resources import ResourceError
-from jobmon_airflow.service import JobmonService
+from jobmon_airflow.service import Lifecycle, Services
 from tests.conftest import free_port, run_dag
 from tests.integration.helpers import instances, wait_for
 
@@ -39,15 +39,15 @@ def make_dag(dag_id: str, **tasks: dict[str, Any]) -> DAG:
 
 
 @pytest.fixture
-def service() -> JobmonService:
-    return JobmonHook().get_service()
+def service() -> Services:
+    return JobmonHook().get_services()
 
 
 def ti_states(dag_run: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
 
-def test_success_records_the_attempt(service: JobmonService, tmp_path: Path) -> None:
+def test_success_records_the_attempt(service: Services, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     dag = make_dag(
         "jobmon_success",
@@ -61,12 +61,12 @@ def test_success_records_the_attempt(service: JobmonService, tmp_path: Path) -> 
     assert attempt["exit_status"] == 0 and attempt["nodename"] and attempt["distributor_id"]
     assert attempt["resources"] == {"cores": 1, "memory": pytest.approx(300 / 1024), "runtime": 60, "queue": "local"}
     assert attempt["submitted_date"] is not None and attempt["maxrss"] > 0 and attempt["wallclock"] is not None
-    rows = service.workflow_status(dag_id="jobmon_success")
+    rows = service.queries.workflow_status(dag_id="jobmon_success")
     assert rows[0]["WF_STATUS"] == "DONE" and rows[0]["DONE"] == rows[0]["TASKS"] == 1
 
 
 def test_nonzero_exit_is_retried_with_a_second_instance(
-    service: JobmonService, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    service: Services, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     marker = tmp_path / "tried"
     command = f"if [ ! -e {marker} ]; then touch {marker}; echo 'first try broke: disk on fire' >&2; exit 3; fi"
@@ -80,14 +80,14 @@ def test_nonzero_exit_is_retried_with_a_second_instance(
     assert "disk on fire" in capfd.readouterr().out  # ... and in the Airflow task log
 
 
-def test_attempts_used_up_fail_the_task(service: JobmonService) -> None:
+def test_attempts_used_up_fail_the_task(service: Services) -> None:
     dag = make_dag("jobmon_exhausted", broken={"command": "echo nope >&2; exit 5", "max_attempts": 2})
     dag_run: Any = run_dag(dag)
     assert str(dag_run.state) == "failed"
     attempts = instances(service, "jobmon_exhausted", "broken")
     assert [a["status"] for a in attempts] == ["E", "E"]
     assert attempts[-1]["task_status"] == "F"
-    assert service.workflow_status(dag_id="jobmon_exhausted")[0]["WF_STATUS"] == "FAILED"
+    assert service.queries.workflow_status(dag_id="jobmon_exhausted")[0]["WF_STATUS"] == "FAILED"
 
 
 # Memory: a parent python with three children of 60 MiB each sums to ≈ 236 MiB of virtual memory (each process
@@ -100,7 +100,7 @@ THREE_CHILDREN = (
 )
 
 
-def test_memory_kill_is_retried_with_scaled_memory(service: JobmonService) -> None:
+def test_memory_kill_is_retried_with_scaled_memory(service: Services) -> None:
     dag = make_dag("jobmon_memory", hungry={"command": THREE_CHILDREN, "compute_resources": {"memory": "240M"}})
     dag_run: Any = run_dag(dag)
     assert str(dag_run.state) == "success", ti_states(dag_run)
@@ -112,7 +112,7 @@ def test_memory_kill_is_retried_with_scaled_memory(service: JobmonService) -> No
     assert retried["resources"]["runtime"] == killed["resources"]["runtime"] * 1.5
 
 
-def test_runtime_kill_is_retried_with_scaled_runtime(service: JobmonService) -> None:
+def test_runtime_kill_is_retried_with_scaled_runtime(service: Services) -> None:
     dag = make_dag("jobmon_runtime", slow={"command": "sleep 5", "compute_resources": {"runtime": 4}})
     dag_run: Any = run_dag(dag)
     assert str(dag_run.state) == "success", ti_states(dag_run)
@@ -131,7 +131,7 @@ def test_invalid_resources_fail_before_any_job() -> None:
         JobmonTaskOperator(task_id="bad", command="true", max_attempts=0)
 
 
-def test_invalid_templated_resources_fail_without_submitting(service: JobmonService) -> None:
+def test_invalid_templated_resources_fail_without_submitting(service: Services) -> None:
     dag = make_dag("jobmon_bad_template", bad={"command": "true", "compute_resources": {"runtime": "{{ 'forever' }}"}})
     dag_run: Any = run_dag(dag)
     assert str(dag_run.state) == "failed"
@@ -155,7 +155,7 @@ def _process_group_alive(pgid: int) -> bool:
     return True
 
 
-def test_killing_the_deferred_task_kills_the_job_and_records_k(service: JobmonService) -> None:
+def test_killing_the_deferred_task_kills_the_job_and_records_k(service: Services) -> None:
     with DAG("jobmon_kill_deferred", schedule=None, start_date=datetime(2026, 1, 1)):
         op = JobmonTaskOperator(task_id="sleeper", command="sleep 300", poll_interval=0.5)
     trigger = _execute_until_deferred(op, "kill-deferred")
@@ -163,20 +163,20 @@ def test_killing_the_deferred_task_kills_the_job_and_records_k(service: JobmonSe
 
     async def scenario() -> None:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(wait_for, lambda: service.status_of(ti_id) == "R")
+        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(ti_id) == "R")
         await trigger.on_kill()  # what the triggerer does when the user marks the task failed (Airflow 3.3+)
         event = await asyncio.wait_for(waiting, 20)
         assert event.payload["status"] == "K"
 
     asyncio.run(scenario())
-    view = service.task_instance(ti_id)
+    view = service.queries.task_instance(ti_id)
     assert view.status == "K"
     (attempt,) = instances(service, "jobmon_kill_deferred", "sleeper")
     wait_for(lambda: not _process_group_alive(attempt["process_group_id"]))
     assert any("killed" in e for e in attempt["errors"])
 
 
-def test_killing_the_blocking_task_kills_the_job_and_records_k(service: JobmonService) -> None:
+def test_killing_the_blocking_task_kills_the_job_and_records_k(service: Services) -> None:
     import threading
 
     from airflow.sdk.exceptions import AirflowFailException
@@ -196,7 +196,7 @@ def test_killing_the_blocking_task_kills_the_job_and_records_k(service: JobmonSe
     thread.start()
     wait_for(lambda: bool(instances(service, "jobmon_kill_blocking", "sleeper")))
     ti_id = instances(service, "jobmon_kill_blocking", "sleeper")[0]["id"]
-    wait_for(lambda: service.status_of(ti_id) == "R")
+    wait_for(lambda: service.reports.status_of(ti_id) == "R")
     op.on_kill()
     thread.join(20)
     assert not thread.is_alive()
@@ -208,7 +208,7 @@ def test_killing_the_blocking_task_kills_the_job_and_records_k(service: JobmonSe
 
 @pytest.mark.parametrize(("command", "expected"), [("echo fine", "D"), ("echo broken >&2; exit 3", "E")])
 def test_state_manager_down_the_exit_record_keeps_the_true_outcome(
-    service: JobmonService, monkeypatch: pytest.MonkeyPatch, command: str, expected: str
+    service: Services, monkeypatch: pytest.MonkeyPatch, command: str, expected: str
 ) -> None:
     # Nobody listens on this port: every report of the worker node fails; only its exit record remains.
     monkeypatch.setenv("JOBMON_AIRFLOW_STATE_MANAGER_URL", f"http://127.0.0.1:{free_port()}/jobmon")
@@ -230,10 +230,12 @@ def test_state_manager_down_the_exit_record_keeps_the_true_outcome(
 
 def test_state_database_is_the_embedded_sqlite_file_by_default() -> None:
     assert JobmonHook().get_db_url() == paths.default_db_url()
-    assert paths.default_db_url().startswith("sqlite:///") and os.environ["JOBMON_AIRFLOW_HOME"] in paths.default_db_url()
+    assert (
+        paths.default_db_url().startswith("sqlite:///") and os.environ["JOBMON_AIRFLOW_HOME"] in paths.default_db_url()
+    )
 
 
-def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(service: JobmonService) -> None:
+def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(service: Services) -> None:
     import signal
 
     from airflow.sdk.exceptions import AirflowException
@@ -246,13 +248,13 @@ def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(servic
 
     async def scenario() -> Any:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(wait_for, lambda: service.status_of(ti_id) == "R")
-        worker = service.task_instance(ti_id)
+        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(ti_id) == "R")
+        worker = service.queries.task_instance(ti_id)
         pgid = instances(service, "jobmon_triage", "hang")[0]["process_group_id"]
         assert worker.status == "R" and pgid
         os.killpg(pgid, signal.SIGSTOP)  # the job is frozen: no heartbeats, still in the queue
-        await asyncio.to_thread(wait_for, lambda: service.status_of(ti_id) == "T")
-        seen.append(service.status_of(ti_id))
+        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(ti_id) == "T")
+        seen.append(service.reports.status_of(ti_id))
         os.killpg(pgid, signal.SIGKILL)  # then it dies without reporting
         return (await asyncio.wait_for(waiting, 30)).payload
 
@@ -266,7 +268,7 @@ def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(servic
     assert attempt["status"] == event["status"] and attempt["task_status"] in ("G", "A")  # retryable
 
 
-def test_fatal_error_fails_without_retry(service: JobmonService) -> None:
+def test_fatal_error_fails_without_retry(service: Services) -> None:
     # 198: Jobmon's worker-node environment failure, fatal (F) whatever attempts remain.
     dag = make_dag("jobmon_fatal", doomed={"command": "echo 'wrong environment' >&2; exit 198", "max_attempts": 3})
     dag_run: Any = run_dag(dag)
@@ -276,7 +278,7 @@ def test_fatal_error_fails_without_retry(service: JobmonService) -> None:
     assert any("wrong environment" in e for e in attempt["errors"])
 
 
-def test_token_appears_in_no_command_line_and_no_environment(service: JobmonService) -> None:
+def test_token_appears_in_no_command_line_and_no_environment(service: Services) -> None:
     from pathlib import Path as _Path
 
     with DAG("jobmon_token_hidden", schedule=None, start_date=datetime(2026, 1, 1)):
@@ -284,7 +286,7 @@ def test_token_appears_in_no_command_line_and_no_environment(service: JobmonServ
     trigger = _execute_until_deferred(op, "token-hidden")
     ti_id = trigger.task_instance_id
     try:
-        wait_for(lambda: service.status_of(ti_id) == "R")  # the worker authenticated with the token
+        wait_for(lambda: service.reports.status_of(ti_id) == "R")  # the worker authenticated with the token
         token_files = list((paths.jobmon_home() / "logs").rglob(f"ti-{ti_id}.token"))
         (token_file,) = token_files
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -301,13 +303,13 @@ def test_token_appears_in_no_command_line_and_no_environment(service: JobmonServ
                     continue  # gone, or not ours to read
         assert seen == []
     finally:
-        from jobmon_airflow.watch import kill_task_instance
+        from jobmon_airflow.execution import kill_instances
 
-        kill_task_instance(service, op.cluster_backend, ti_id, trigger.job_id)
+        kill_instances(service, op.cluster_backend, {ti_id: trigger.job_id})
 
 
 def test_crash_between_submission_and_storing_the_job_id_reattaches_by_job_name(
-    service: JobmonService, monkeypatch: pytest.MonkeyPatch
+    service: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from jobmon_airflow.clusters.local import LocalCluster
 
@@ -319,7 +321,7 @@ def test_crash_between_submission_and_storing_the_job_id_reattaches_by_job_name(
         raise RuntimeError("the Airflow worker died right after qsub")
 
     with monkeypatch.context() as m:
-        m.setattr(JobmonService, "log_distributor_ids", crash)
+        m.setattr(Lifecycle, "log_distributor_ids", crash)
         context: Any = {"ti": SimpleNamespace(try_number=1, map_index=-1), "run_id": "crash"}
         with pytest.raises(RuntimeError, match="died right after qsub"):
             make().execute(context)
@@ -333,13 +335,13 @@ def test_crash_between_submission_and_storing_the_job_id_reattaches_by_job_name(
     assert event["status"] == "D"
 
 
-def test_next_try_adopts_an_end_no_airflow_try_saw_and_a_cleared_task_runs_again(service: JobmonService) -> None:
+def test_next_try_adopts_an_end_no_airflow_try_saw_and_a_cleared_task_runs_again(service: Services) -> None:
     def make() -> JobmonTaskOperator:
         with DAG("jobmon_adopt_end", schedule=None, start_date=datetime(2026, 1, 1)):
             return JobmonTaskOperator(task_id="quick", command="echo done", poll_interval=0.5)
 
     trigger = _execute_until_deferred(make(), "adopt")  # then the Airflow worker dies: nobody completes it
-    wait_for(lambda: service.status_of(trigger.task_instance_id) == "D")
+    wait_for(lambda: service.reports.status_of(trigger.task_instance_id) == "D")
     context: Any = {"ti": SimpleNamespace(try_number=2, map_index=-1), "run_id": "adopt"}
     result = make().execute(context)  # the retry: the job already succeeded
     assert result["task_instance_id"] == trigger.task_instance_id

@@ -8,24 +8,25 @@ from pathlib import Path
 import pytest
 
 from jobmon_airflow import cli, db
+from jobmon_airflow.records import Usage
 from jobmon_airflow.resources import QueueLimits, Resources
-from jobmon_airflow.service import JobmonService, TaskSpec
+from jobmon_airflow.service import Services, TaskSpec
 
 
 def test_db_upgrade_then_status_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
     assert cli.main(["--url", url, "db", "upgrade"]) == 0
     assert db.current_revision(db.get_engine(url)) == db.head_revision()
-    svc = JobmonService(db.get_engine(url))
-    run = svc.bind_workflow_run(dag_id="d", run_id="r")
-    tasks = svc.bind_tasks(run.workflow_id, [TaskSpec(f"t{i}", f"t{i}", "true") for i in range(4)])
-    (ti,) = svc.queue_task_instances(
-        run.workflow_run_id, svc.cluster_id("local", "local"), tasks[:1], Resources(), "O", QueueLimits("local")
+    svc = Services.for_engine(db.get_engine(url))
+    run = svc.binding.bind_workflow_run(dag_id="d", run_id="r")
+    tasks = svc.binding.bind_tasks(run.workflow_id, [TaskSpec(f"t{i}", f"t{i}", "true") for i in range(4)])
+    (ti,) = svc.lifecycle.queue_task_instances(
+        run.workflow_run_id, svc.binding.cluster_id("local", "local"), tasks[:1], Resources(), "O", QueueLimits("local")
     )
-    svc.instantiate([ti], {}, {})
-    svc.log_distributor_ids({ti: "7"})
-    svc.log_running(ti, "node", 1, "7", 100)
-    svc.log_done(ti, "node", {"maxrss_bytes": 2**20})
+    svc.lifecycle.instantiate([ti], {}, {})
+    svc.lifecycle.log_distributor_ids({ti: "7"})
+    svc.reports.log_running(ti, "node", 1, "7", 100)
+    svc.reports.log_done(ti, "node", Usage(maxrss_bytes=2**20))
     capsys.readouterr()
 
     assert cli.main(["--url", url, "workflow", "status", "--dag-id", "d", "-n"]) == 0
@@ -65,20 +66,20 @@ def test_server_with_two_workers_serves_heartbeats_from_the_url_given(tmp_path: 
     import urllib.error
     import urllib.request
 
-    from jobmon_airflow.service import hash_token
+    from jobmon_airflow.hashing import hash_token
     from tests.conftest import free_port
 
     url = f"sqlite:///{tmp_path / 'server.sqlite'}"
-    svc = JobmonService(db.get_engine(url))
+    svc = Services.for_engine(db.get_engine(url))
     db.upgrade(svc.engine)
-    run = svc.bind_workflow_run(dag_id="d", run_id="r")
-    tasks = svc.bind_tasks(run.workflow_id, [TaskSpec("t", "t", "true")])
-    (ti,) = svc.queue_task_instances(
-        run.workflow_run_id, svc.cluster_id("local", "local"), tasks, Resources(), "O", QueueLimits("local")
+    run = svc.binding.bind_workflow_run(dag_id="d", run_id="r")
+    tasks = svc.binding.bind_tasks(run.workflow_id, [TaskSpec("t", "t", "true")])
+    (ti,) = svc.lifecycle.queue_task_instances(
+        run.workflow_run_id, svc.binding.cluster_id("local", "local"), tasks, Resources(), "O", QueueLimits("local")
     )
-    svc.instantiate([ti], {ti: hash_token("tok")}, {})
-    svc.log_distributor_ids({ti: "7"})
-    svc.log_running(ti, "node", 1, "7", 100)
+    svc.lifecycle.instantiate([ti], {ti: hash_token("tok")}, {})
+    svc.lifecycle.log_distributor_ids({ti: "7"})
+    svc.reports.log_running(ti, "node", 1, "7", 100)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != cli.SERVER_DB_URL_ENV}
     argv = [sys.executable, "-m", "jobmon_airflow.cli", "--url", url, "server", "--port", str(port), "--workers", "2"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,6 +20,7 @@ from jobmon_airflow.resources import (
     parse_memory,
     parse_runtime,
     scale_resources,
+    validate_resource_scales,
 )
 
 DAY = 86400
@@ -197,42 +199,6 @@ def test_scale_zero_keeps_value() -> None:
     )
 
 
-def test_scale_callable() -> None:
-    seen: list[object] = []
-
-    def quadruple(old: float) -> float:
-        seen.append(old)
-        return old * 4
-
-    scaled = scale_resources(Resources(memory=2.0, runtime=600), {"memory": quadruple, "runtime": lambda s: s + 60})
-    assert (scaled.memory, scaled.runtime) == (8.0, 660)
-    assert seen == [2.0]
-
-
-def test_scale_callable_may_return_units() -> None:
-    assert scale_resources(Resources(memory=2.0), {"memory": lambda _: "6G"}).memory == 6.0
-    assert scale_resources(Resources(runtime=60), {"runtime": lambda _: "2h"}).runtime == 7200
-
-
-def test_scale_iterator_then_exhausted_keeps_old() -> None:
-    it = iter([5.0, 7.0])
-    r1 = scale_resources(Resources(memory=2.0), {"memory": it})
-    r2 = scale_resources(r1, {"memory": it})
-    r3 = scale_resources(r2, {"memory": it})  # exhausted: the old value is kept
-    assert (r1.memory, r2.memory, r3.memory) == (5.0, 7.0, 7.0)
-
-
-def test_scale_generator() -> None:
-    def runtimes() -> object:
-        yield 1200
-        yield "1h"
-
-    gen = runtimes()
-    r1 = scale_resources(Resources(runtime=600), {"runtime": gen})  # type: ignore[dict-item]
-    r2 = scale_resources(r1, {"runtime": gen})  # type: ignore[dict-item]
-    assert (r1.runtime, r2.runtime) == (1200, 3600)
-
-
 @pytest.mark.parametrize(
     ("scales", "field"),
     [
@@ -240,15 +206,128 @@ def test_scale_generator() -> None:
         ({"project": 0.5}, "resource_scales"),
         ({"memory": -0.5}, "resource_scales.memory"),
         ({"memory": True}, "resource_scales.memory"),
-        ({"memory": lambda _: 0}, "resource_scales.memory"),
-        ({"runtime": lambda _: "soon"}, "resource_scales.runtime"),
-        ({"cores": lambda _: 0}, "resource_scales.cores"),
+        ({"memory": "0.5"}, "resource_scales.memory"),
+        ({"runtime": float("nan")}, "resource_scales.runtime"),
+        ({"cores": float("inf")}, "resource_scales.cores"),
     ],
 )
 def test_scale_rejects(scales: dict[str, object], field: str) -> None:
     with pytest.raises(ResourceError) as exc:
         scale_resources(Resources(), scales)  # type: ignore[arg-type]
     assert str(exc.value).startswith(f"{field}:")
+
+
+# --- resource_scales as lists: the k-th factor for the k-th retry after a resource kill ------------------------------
+def test_scale_list_picks_the_factor_of_the_retry_and_repeats_the_last() -> None:
+    scales = {"memory": [0.5, 1.0]}
+    r1 = scale_resources(Resources(memory=2.0), scales, retry=1)
+    r2 = scale_resources(r1, scales, retry=2)
+    r3 = scale_resources(r2, scales, retry=3)  # past the end of the list: the last factor again
+    assert (r1.memory, r2.memory, r3.memory) == (3.0, 6.0, 12.0)
+
+
+def test_scale_list_default_retry_is_the_first_and_numbers_repeat() -> None:
+    assert scale_resources(Resources(runtime=600), {"runtime": (1.0, 0.0)}).runtime == 1200  # a tuple is a list too
+    assert [scale_resources(Resources(memory=2.0), {"memory": 0.5}, retry=k).memory for k in (1, 2, 9)] == [3.0] * 3
+
+
+@pytest.mark.parametrize("retry", [0, -1, True, 1.0, None])
+def test_scale_retry_counts_from_one(retry: object) -> None:
+    with pytest.raises(ValueError, match=r"^retry: "):
+        scale_resources(Resources(), {"memory": [0.5]}, retry=retry)  # type: ignore[arg-type]
+
+
+def test_validate_resource_scales_normalises_to_json() -> None:
+    scales = {"memory": 1, "runtime": (0.5, 1, 2.0), "cores": [0]}
+    validated = validate_resource_scales(scales)
+    assert validated == {"memory": 1.0, "runtime": [0.5, 1.0, 2.0], "cores": [0.0]}
+    restored = json.loads(json.dumps(validated))  # the task row stores resource_scales as JSON
+    assert restored == validated
+    assert validate_resource_scales(restored) == validated
+    assert scale_resources(Resources(runtime=100), restored, retry=2) == scale_resources(
+        Resources(runtime=100),
+        scales,  # type: ignore[arg-type]
+        retry=2,
+    )
+
+
+def test_validate_resource_scales_none_means_jobmons_default_and_empty_scales_nothing() -> None:
+    assert validate_resource_scales(None) is None
+    assert validate_resource_scales({}) == {}
+    assert scale_resources(Resources(memory=2.0, runtime=60), {}) == Resources(memory=2.0, runtime=60)
+
+
+def test_validate_resource_scales_consumes_nothing_and_is_repeatable() -> None:
+    factors = [0.5, 1.0]
+    scales: dict[str, object] = {"memory": factors, "runtime": 0.25}
+    first = validate_resource_scales(scales)
+    assert validate_resource_scales(scales) == first == {"memory": [0.5, 1.0], "runtime": 0.25}
+    assert scales == {"memory": [0.5, 1.0], "runtime": 0.25} and factors == [0.5, 1.0], "the input is unchanged"
+    assert first is not None and first["memory"] is not factors, "a copy, not the caller's list"
+    # The operator checks the scales when the DAG is parsed; that must not change what the first retry gets.
+    scale_resources(Resources(), scales)  # type: ignore[arg-type]
+    assert scale_resources(Resources(memory=2.0), scales, retry=1).memory == 3.0  # type: ignore[arg-type]
+    it = iter([5.0, 7.0])
+    with pytest.raises(ResourceError):
+        validate_resource_scales({"memory": it})
+    assert next(it) == 5.0, "a refused iterator is not advanced"
+
+
+def _generator() -> Iterator[float]:
+    yield 0.5
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(lambda old: old * 4, id="lambda"),
+        pytest.param(math.sqrt, id="builtin"),
+        pytest.param(iter([5.0, 7.0]), id="iterator"),
+        pytest.param(_generator(), id="generator"),
+    ],
+)
+@pytest.mark.parametrize("check", ["validate", "scale"])
+def test_callables_and_iterators_are_refused_naming_the_field(spec: object, check: str) -> None:
+    with pytest.raises(ResourceError) as exc:
+        if check == "validate":
+            validate_resource_scales({"runtime": 0.5, "memory": spec})
+        else:
+            scale_resources(Resources(), {"memory": spec})  # type: ignore[dict-item]
+    message = str(exc.value)
+    assert message.startswith("resource_scales.memory: ")
+    assert "a number" in message and "list of numbers" in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (-0.5, "resource_scales.memory"),
+        (True, "resource_scales.memory"),
+        (False, "resource_scales.memory"),
+        (float("nan"), "resource_scales.memory"),
+        (float("inf"), "resource_scales.memory"),
+        ("0.5", "resource_scales.memory"),
+        (None, "resource_scales.memory"),
+        ({"factor": 0.5}, "resource_scales.memory"),
+        ([], "resource_scales.memory"),
+        ((), "resource_scales.memory"),
+        ([0.5, -1], "resource_scales.memory[1]"),
+        ([0.5, True], "resource_scales.memory[1]"),
+        ([float("nan")], "resource_scales.memory[0]"),
+        ([float("inf")], "resource_scales.memory[0]"),
+        ([[0.5]], "resource_scales.memory[0]"),
+    ],
+)
+def test_validate_resource_scales_rejects_naming_the_field(spec: object, field: str) -> None:
+    with pytest.raises(ResourceError) as exc:
+        validate_resource_scales({"memory": spec})
+    assert str(exc.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("scales", [[0.5], "memory", 0.5])
+def test_validate_resource_scales_needs_a_dict(scales: object) -> None:
+    with pytest.raises(ResourceError, match=r"^resource_scales: "):
+        validate_resource_scales(scales)  # type: ignore[arg-type]
 
 
 # --- queues ---------------------------------------------------------------------------------------------------------

@@ -120,5 +120,18 @@ grep -h "job $vmem.1 exceeds\|$hrt.1.*wallclock" "/var/spool/gridengine/execd/$(
 qconf -sq all.q >"$OUT/qconf_sq_all.q.txt"
 qconf -sp smp >"$OUT/qconf_sp_smp.txt"
 qconf -se "$(hostname)" >"$OUT/qconf_se_host.txt"
+qconf -sql >"$OUT/qconf_sql.txt"
+qconf -sq nosuch.q 2>"$OUT/qconf_sq_unknown_queue.txt" && exit 1
+
+# --- an unreachable qmaster, without touching the real one: a port nobody listens on, and a copy of the cell whose
+# act_qmaster is "localhost" (refused at connect: "access denied"). Every command exits 1 having done nothing.
+SGE_QMASTER_PORT=1 qsub -terse -h -b y /bin/true 2>"$OUT/qsub_qmaster_unreachable.txt" && exit 1
+SGE_QMASTER_PORT=1 qstat -u '*' -xml 2>"$OUT/qstat_qmaster_unreachable.txt" && exit 1
+SGE_QMASTER_PORT=1 qdel 999999 >"$WORK/qdel.out" 2>"$OUT/qdel_qmaster_unreachable.txt" && exit 1
+cat "$WORK/qdel.out" >>"$OUT/qdel_qmaster_unreachable.txt"
+mkdir -p "$WORK/sge/$SGE_CELL/common"
+cp "$SGE_ROOT/$SGE_CELL/common/bootstrap" "$WORK/sge/$SGE_CELL/common/"
+echo localhost >"$WORK/sge/$SGE_CELL/common/act_qmaster"
+(cd "$WORK" && SGE_ROOT=$WORK/sge qsub -terse -h -b y /bin/true 2>"$OUT/qsub_qmaster_access_denied.txt") && exit 1
 ours=()
 echo "recorded into $OUT"

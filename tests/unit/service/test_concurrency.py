@@ -26,8 +26,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from jobmon_airflow import db, models, states
+from jobmon_airflow.records import Usage
 from jobmon_airflow.resources import QueueLimits, Resources
-from jobmon_airflow.service import TASK, TI, WF, WFR, JobmonService, TaskSpec, utcnow
+from jobmon_airflow.service import Services, TaskSpec
+from jobmon_airflow.service.core import TASK, TI, WF, WFR, utcnow
 from tests.support.databases import drop_everything
 
 
@@ -101,18 +103,18 @@ def _call(fn: Callable[[], Any]) -> Outcome:
         return ("raise", type(exc).__name__, str(exc)[:500])
 
 
-def report(svc: JobmonService, op: str, ti: int) -> Outcome:
+def report(svc: Services, op: str, ti: int) -> Outcome:
     """One writer's call on one instance, as the worker node, the triggerer or a user would make it."""
     if op == "done":
-        return _call(lambda: svc.log_done(ti, "node", {"wallclock_s": 1.0}))
+        return _call(lambda: svc.reports.log_done(ti, "node", Usage(wallclock_s=1.0)))
     if op.startswith("error_"):
-        return _call(lambda: svc.log_error(ti, op[-1], 1, f"error {op[-1]}", "node", None))
+        return _call(lambda: svc.reports.log_error(ti, op[-1], 1, f"error {op[-1]}", "node", None))
     if op == "running":
-        return _call(lambda: svc.log_running(ti, "node", 4242, None, 90))
+        return _call(lambda: svc.reports.log_running(ti, "node", 4242, None, 90))
     if op == "kill":
-        return _call(lambda: svc.request_kill([ti], "killed by test"))
+        return _call(lambda: svc.lifecycle.request_kill([ti], "killed by test"))
     if op == "report_by":
-        return _call(lambda: svc.log_report_by(ti, 90))
+        return _call(lambda: svc.reports.log_report_by(ti, 90))
     raise AssertionError(op)
 
 
@@ -120,7 +122,7 @@ def race_worker(url: str, barrier: Any, plan: Sequence[tuple[int, str]], results
     """Run ``plan`` [(task instance, op)], waiting at the barrier before each call; put [(ti, op, outcome)]."""
     out: list[tuple[int, str, Outcome]] = []
     try:
-        svc = JobmonService(db.get_engine(url))
+        svc = Services.for_engine(db.get_engine(url))
         for ti, op in plan:
             barrier.wait(BARRIER_TIMEOUT)
             out.append((ti, op, report(svc, op, ti)))
@@ -135,14 +137,14 @@ def bind_worker(url: str, barrier: Any, plan: tuple[str, str, int], results: Any
     dag_id, run_id, n_tasks = plan
     out: list[tuple[str, Outcome]] = []
     try:
-        svc = JobmonService(db.get_engine(url))
+        svc = Services.for_engine(db.get_engine(url))
         barrier.wait(BARRIER_TIMEOUT)
-        bound = _call(lambda: svc.bind_workflow_run(dag_id=dag_id, run_id=run_id))
+        bound = _call(lambda: svc.binding.bind_workflow_run(dag_id=dag_id, run_id=run_id))
         out.append(("bind_workflow_run", bound))
         barrier.wait(BARRIER_TIMEOUT)
         if bound[0] == "ok":
             specs = [TaskSpec(airflow_task_id=f"t{i}", name=f"t{i}", command=f"echo {i}") for i in range(n_tasks)]
-            out.append(("bind_tasks", _call(lambda: svc.bind_tasks(bound[1].workflow_id, specs))))
+            out.append(("bind_tasks", _call(lambda: svc.binding.bind_tasks(bound[1].workflow_id, specs))))
     except Exception as exc:
         barrier.abort()
         out.append(("worker", ("raise", type(exc).__name__, str(exc)[:500])))
@@ -154,21 +156,23 @@ def queue_worker(url: str, barrier: Any, plan: tuple[int, int, Sequence[int], in
     wfr, cluster, task_ids, cycles = plan
     out: list[tuple[str, Outcome]] = []
     try:
-        svc = JobmonService(db.get_engine(url))
+        svc = Services.for_engine(db.get_engine(url))
         for _ in range(cycles):
             barrier.wait(BARRIER_TIMEOUT)
             for task in task_ids:
                 q = _call(
-                    partial(svc.queue_task_instances, wfr, cluster, [task], Resources(), "O", QueueLimits("all.q"))
+                    partial(
+                        svc.lifecycle.queue_task_instances, wfr, cluster, [task], Resources(), "O", QueueLimits("all.q")
+                    )
                 )
                 out.append(("queue", q))
                 if q[0] != "ok":
                     continue
                 (ti,) = q[1]
-                out.append(("instantiate", _call(partial(svc.instantiate, [ti], {}, {}))))
-                out.append(("launched", _call(partial(svc.log_distributor_ids, {ti: f"job{ti}"}))))
-                out.append(("running", _call(partial(svc.log_running, ti, "node", 1, None, 90))))
-                out.append(("error", _call(partial(svc.log_error, ti, "E", 1, "boom", "node", None))))
+                out.append(("instantiate", _call(partial(svc.lifecycle.instantiate, [ti], {}, {}))))
+                out.append(("launched", _call(partial(svc.lifecycle.log_distributor_ids, {ti: f"job{ti}"}))))
+                out.append(("running", _call(partial(svc.reports.log_running, ti, "node", 1, None, 90))))
+                out.append(("error", _call(partial(svc.reports.log_error, ti, "E", 1, "boom", "node", None))))
     except Exception as exc:
         barrier.abort()
         out.append(("worker", ("raise", type(exc).__name__, str(exc)[:500])))
@@ -179,9 +183,9 @@ def cluster_worker(url: str, barrier: Any, plan: str, results: Any, worker: int)
     """The first use of a cluster name in many processes at once (each process caches the id afterwards)."""
     out: list[tuple[str, Outcome]] = []
     try:
-        svc = JobmonService(db.get_engine(url))
+        svc = Services.for_engine(db.get_engine(url))
         barrier.wait(BARRIER_TIMEOUT)
-        out.append(("cluster_id", _call(lambda: svc.cluster_id(plan, "local"))))
+        out.append(("cluster_id", _call(lambda: svc.binding.cluster_id(plan, "local"))))
     except Exception as exc:
         barrier.abort()
         out.append(("worker", ("raise", type(exc).__name__, str(exc)[:500])))
@@ -336,7 +340,7 @@ def check_race(url: str, results: dict[int, Any], start: str = "R") -> list[str]
         logs = {ti: sorted(conn.execute(sa.select(el.c.description).where(el.c.task_instance_id == ti)).scalars())
                 for ti in by_ti}  # fmt: skip
     # The operator's clean-up after a kill, once the jobs are deleted: instances still in K end, their tasks fail.
-    JobmonService(engine).end_killed(sorted(by_ti))
+    Services.for_engine(engine).lifecycle.end_killed(sorted(by_ti))
     with engine.connect() as conn:
         for ti, observed in sorted(by_ti.items()):
             row = conn.execute(sa.select(TI.c.status, TI.c.task_id).where(TI.c.id == ti)).one()
@@ -430,13 +434,13 @@ def test_concurrent_queueing_counts_every_attempt(backend: tuple[str, Callable[.
     """Writers queue their own tasks at once, three cycles each: every attempt is counted exactly once."""
     url, runner = backend
     engine = db.get_engine(url)
-    svc = JobmonService(engine)
-    bound = svc.bind_workflow_run(dag_id=f"dag-{uuid.uuid4().hex}", run_id="r")
+    svc = Services.for_engine(engine)
+    bound = svc.binding.bind_workflow_run(dag_id=f"dag-{uuid.uuid4().hex}", run_id="r")
     writers, per_writer, cycles = 4, 3, 3
-    tasks = svc.bind_tasks(
+    tasks = svc.binding.bind_tasks(
         bound.workflow_id, [TaskSpec(f"t{i}", f"t{i}", "x", max_attempts=10) for i in range(writers * per_writer)]
     )
-    cluster = svc.cluster_id(f"cluster-{uuid.uuid4().hex}", "local")
+    cluster = svc.binding.cluster_id(f"cluster-{uuid.uuid4().hex}", "local")
     plans = [(bound.workflow_run_id, cluster, tasks[w::writers], cycles) for w in range(writers)]
     results = runner(url, queue_worker, plans)
     failures = [(w, step, o) for w, out in results.items() for step, o in out if o[0] != "ok"]

@@ -24,7 +24,6 @@ from jobmon_airflow.clusters.gridengine import (
     decode_state,
     expand_task_ranges,
     job_script,
-    log_file_paths,
     parse_accounting,
     parse_accounting_line,
     parse_category,
@@ -38,7 +37,7 @@ from jobmon_airflow.clusters.gridengine import (
 )
 from jobmon_airflow.resources import Resources
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "gridengine"
+DATA = Path(__file__).resolve().parents[2] / "data" / "gridengine"
 GIB = 1024**3
 
 
@@ -106,19 +105,12 @@ def test_qsub_argv_memory_is_booked_per_slot(tmp_path: Path) -> None:
     assert option(argv, "-pe") == ["smp"] and argv[argv.index("-pe") + 2] == "2"
 
 
-def test_qsub_argv_queue_project_array_context(tmp_path: Path) -> None:
-    job = request(
-        tmp_path,
-        resources=Resources(queue="long.q"),
-        array_length=5,
-        max_concurrent=2,
-        context={"dag_id": "d", "run_id": "scheduled__2026-01-01T00:00:00+00:00"},
-    )
+def test_qsub_argv_queue_project_array(tmp_path: Path) -> None:
+    job = request(tmp_path, resources=Resources(queue="long.q"), array_length=5, max_concurrent=2)
     argv = qsub_argv(job, queue="all.q", project="proj_a")
     assert option(argv, "-q") == ["long.q"]  # the job's own queue wins over the cluster default
     assert option(argv, "-P") == ["proj_a"]
     assert option(argv, "-t") == ["1-5"] and option(argv, "-tc") == ["2"]
-    assert option(argv, "-ac") == ["dag_id=d,run_id=scheduled__2026-01-01T00:00:00+00:00"]
     assert option(qsub_argv(request(tmp_path)), "-q") == []
 
 
@@ -127,8 +119,6 @@ def test_qsub_argv_queue_project_array_context(tmp_path: Path) -> None:
     [
         ({"log_dir": Path("/tmp/a:b")}, "log_dir: Grid Engine would misread ':'"),
         ({"log_dir": Path("/tmp/$HOME")}, "would misread '\\$'"),
-        ({"context": {"k": "a,b"}}, "job context k: qsub -ac cannot carry ','"),
-        ({"context": {"k=x": "v"}}, "job context: expected keys"),
         ({"max_concurrent": 2}, "max_concurrent: only meaningful for an array"),
         ({"array_length": 0}, "array_length: expected at least 1"),
         ({"resources": Resources(queue="all.q")}, None),
@@ -207,8 +197,12 @@ def test_job_script_rejects_unrepresentable_input(argv: list[str], env: dict[str
 
 
 def test_log_file_paths_follow_grid_engine_names(tmp_path: Path) -> None:
-    assert log_file_paths(tmp_path, "my task", "12") == (tmp_path / "my_task.o12", tmp_path / "my_task.e12")
-    assert log_file_paths(tmp_path, "a", "12", 3) == (tmp_path / "a.o12.3", tmp_path / "a.e12.3")
+    cluster = GridEngineCluster()
+    assert cluster.log_paths(request(tmp_path, name="my task"), "12") == (
+        tmp_path / "my_task.o12",
+        tmp_path / "my_task.e12",
+    )
+    assert cluster.log_paths(request(tmp_path, name="a"), "12", 3) == (tmp_path / "a.o12.3", tmp_path / "a.e12.3")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -462,7 +456,7 @@ G200 = 200 * 1024**2
     ],
 )
 def test_classify_exit(
-    failed: int | str, exit_status: int, evidence: dict[str, float], expected: tuple[Any, ...]
+    failed: int | str, exit_status: int, evidence: dict[str, Any], expected: tuple[Any, ...]
 ) -> None:
     kind, resource, reason = classify_exit(failed, exit_status, **evidence)
     assert (kind, resource) == expected

@@ -17,7 +17,7 @@ import pytest
 
 from jobmon_airflow.clusters.base import ExitInfo, ExitKind, JobRequest, JobState, SubmissionError
 from jobmon_airflow.clusters.local import LocalCluster
-from jobmon_airflow.clusters.local_shepherd import proc_stat
+from jobmon_airflow.procfs import proc_stat
 from jobmon_airflow.resources import Resources
 
 PY = sys.executable
@@ -242,7 +242,12 @@ def test_submission_that_can_never_run_is_refused(cluster: LocalCluster, tmp_pat
     with pytest.raises(SubmissionError, match="argv must be a non-empty list"):
         cluster.submit(request(tmp_path, []))
     assert list(cluster.jobs_dir.iterdir()) == []  # nothing was created for refused jobs
-    assert cluster.queue_limits(None).max_cores == 4 and cluster.queue_limits("all.q").name == "local"
+    assert cluster.queue_limits(None).max_cores == 4 and cluster.queue_limits("local").name == "local"
+
+
+def test_every_queue_name_is_the_local_queue(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A DAG written for Grid Engine (all.q, fallback long.q) runs on the laptop cluster unchanged."""
+    assert cluster.queue_limits("all.q").name == "local" and cluster.queue_limits("long.q").name == "local"
 
 
 def test_job_survives_the_submitting_process(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -251,7 +256,7 @@ def test_job_survives_the_submitting_process(cluster: LocalCluster, tmp_path: Pa
         from pathlib import Path
         from jobmon_airflow.clusters.base import JobRequest
         from jobmon_airflow.clusters.local import LocalCluster
-        from jobmon_airflow.resources import Resources
+        from jobmon_airflow.resources import ResourceError, Resources
         argv = ["sh", "-c", "sleep 1; echo survived"]
         job = JobRequest("orphan", argv, Resources(), Path({str(tmp_path / "logs")!r}))
         print(LocalCluster(Path({str(cluster.root)!r}), slots=4).submit(job))
@@ -272,7 +277,7 @@ def test_concurrent_submitters_get_distinct_increasing_ids(cluster: LocalCluster
         from pathlib import Path
         from jobmon_airflow.clusters.base import JobRequest
         from jobmon_airflow.clusters.local import LocalCluster
-        from jobmon_airflow.resources import Resources
+        from jobmon_airflow.resources import ResourceError, Resources
         cluster = LocalCluster(Path({str(cluster.root)!r}), slots=4)
         job = JobRequest("many", ["true"], Resources(), Path({str(tmp_path / "logs")!r}))
         print(*(cluster.submit(job) for _ in range(5)))

@@ -19,7 +19,7 @@ import pytest
 from jobmon_airflow.clusters.gridengine import GridEngineCluster
 from jobmon_airflow.resources import QueueLimits
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "gridengine"
+DATA = Path(__file__).resolve().parents[2] / "data" / "gridengine"
 ANSWERS = {
     "qconf -sq": (DATA / "qconf_sq_all.q.txt").read_text(),
     "qconf -sp": (DATA / "qconf_sp_smp.txt").read_text(),

@@ -9,23 +9,23 @@ import pytest
 import sqlalchemy as sa
 
 from jobmon_airflow import db, models
-from jobmon_airflow.service import JobmonService, TaskSpec
+from jobmon_airflow.service import Services, TaskSpec
 
 
 def test_mapped_tasks_bind_one_by_one_and_again(tmp_path: Path) -> None:
-    svc = JobmonService(db.get_engine(f"sqlite:///{tmp_path / 'bind.sqlite'}"))
+    svc = Services.for_engine(db.get_engine(f"sqlite:///{tmp_path / 'bind.sqlite'}"))
     db.upgrade(svc.engine)
-    run = svc.bind_workflow_run(dag_id="d", run_id="r")
+    run = svc.binding.bind_workflow_run(dag_id="d", run_id="r")
     ids = [
-        svc.bind_tasks(run.workflow_id, [TaskSpec("mapped", f"mapped[{i}]", f"echo {i}", map_index=i)])[0]
+        svc.binding.bind_tasks(run.workflow_id, [TaskSpec("mapped", f"mapped[{i}]", f"echo {i}", map_index=i)])[0]
         for i in range(3)
     ]
     assert len(set(ids)) == 3  # each map index its own task, whatever was bound before it
-    again = svc.bind_tasks(
+    again = svc.binding.bind_tasks(
         run.workflow_id, [TaskSpec("mapped", f"mapped[{i}]", f"echo {i}", map_index=i) for i in range(3)]
     )
     assert again == ids
-    changed = svc.bind_tasks(run.workflow_id, [TaskSpec("mapped", "mapped[1]", "echo changed", map_index=1)])
+    changed = svc.binding.bind_tasks(run.workflow_id, [TaskSpec("mapped", "mapped[1]", "echo changed", map_index=1)])
     assert changed == [ids[1]]
     with svc.engine.connect() as conn:
         commands = dict(conn.execute(sa.select(models.Task.id, models.Task.command)).all())
@@ -38,17 +38,19 @@ def test_rebinding_changed_tasks_updates_what_they_run_and_keeps_their_state(
 ) -> None:
     """A DAG change re-binds 2,500 tasks (three upsert chunks): commands and attempts change, status does not."""
     url = f"sqlite:///{tmp_path / 'bind.sqlite'}" if backend == "sqlite" else request.getfixturevalue("mariadb_url")
-    svc = JobmonService(db.get_engine(url))
+    svc = Services.for_engine(db.get_engine(url))
     db.upgrade(svc.engine)
-    run = svc.bind_workflow_run(dag_id=f"rebind_{uuid.uuid4().hex[:8]}", run_id="r")
+    run = svc.binding.bind_workflow_run(dag_id=f"rebind_{uuid.uuid4().hex[:8]}", run_id="r")
     n = 2500
-    ids = svc.bind_tasks(run.workflow_id, [TaskSpec("arr", f"arr[{i}]", f"echo {i}", map_index=i) for i in range(n)])
+    ids = svc.binding.bind_tasks(
+        run.workflow_id, [TaskSpec("arr", f"arr[{i}]", f"echo {i}", map_index=i) for i in range(n)]
+    )
     task = models.Task.__table__
-    with svc.session() as s:  # one task has moved on; re-binding must not reset it
+    with db.session_scope(svc.engine) as s:  # one task has moved on; re-binding must not reset it
         s.execute(task.update().where(task.c.id == ids[7]).values(status="D", num_attempts=1))
     changed = [TaskSpec("arr", f"arr[{i}]", f"echo {i} v2", map_index=i, max_attempts=5) for i in range(n)]
     changed[3] = TaskSpec("arr", "arr[3]", "echo 3", map_index=3)  # unchanged
-    assert svc.bind_tasks(run.workflow_id, changed) == ids
+    assert svc.binding.bind_tasks(run.workflow_id, changed) == ids
     with svc.engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(sa.select(task).where(task.c.workflow_id == run.workflow_id))}
     assert len(rows) == n

@@ -1,0 +1,109 @@
+"""watch.outcome (evidence in order of strength) and one Poller poll, on a fake cluster and SQLite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from jobmon_airflow.clusters.base import ExitInfo, ExitKind, JobState, JobStatus
+from jobmon_airflow.execution import JobSettings, Submission, TaskRun, VerdictKind, WorkflowIdentity
+from jobmon_airflow.records import EventSource, ExitRecord, Usage, WatchEvent
+from jobmon_airflow.resources import Resources
+from jobmon_airflow.service import Services, TaskInstanceView, TaskSpec
+from jobmon_airflow.service.core import TI, utcnow
+from jobmon_airflow.watch import Poller, outcome, read_exit_record
+from tests.support.fakes import FakeCluster
+
+GONE = JobStatus("7", JobState.GONE)
+RUNNING = JobStatus("7", JobState.RUNNING)
+
+
+def view(status: str) -> TaskInstanceView:
+    return TaskInstanceView(id=3, task_id=1, workflow_run_id=1, status=status, distributor_id="7", cluster_id=1)
+
+
+def test_what_the_database_holds_ends_the_wait() -> None:
+    assert outcome(view("D"), RUNNING, None, None, 0, 60) == WatchEvent(3, "7", "D", EventSource.DATABASE)
+    assert outcome(view("K"), RUNNING, None, None, 0, 60) == WatchEvent(3, "7", "K", EventSource.DATABASE)
+
+
+def test_a_job_still_in_the_queue_keeps_the_wait() -> None:
+    assert outcome(view("R"), RUNNING, None, None, 0, 60) is None
+    assert outcome(view("O"), None, None, None, 0, 60) is None
+
+
+def test_exit_record_wins_over_accounting() -> None:
+    record = ExitRecord(3, "E", 3, "boom", "node1", usage=Usage(100, 2.0, 1.0))
+    acct = ExitInfo("7", ExitKind.DONE, 0)
+    event = outcome(view("R"), GONE, acct, record, 0, 60)
+    assert event == WatchEvent(3, "7", "E", EventSource.EXIT_RECORD, 3, "boom", "node1", Usage(100, 2.0, 1.0))
+
+
+def test_accounting_when_there_is_no_record() -> None:
+    acct = ExitInfo("7", ExitKind.RESOURCE_KILL, 137, "h_vmem", "memory", "n2", 5, None, 3.0, 1.0)
+    event = outcome(view("R"), GONE, acct, None, 0, 60)
+    assert event is not None
+    assert (event.status, event.source, event.exit_status, event.nodename) == ("Z", EventSource.ACCOUNTING, 137, "n2")
+    assert event.usage == Usage(5, 3.0, 1.0)
+
+
+@pytest.mark.parametrize(("status", "lost_as"), [("O", "X"), ("R", "U")])
+def test_lost_only_after_the_grace_period(status: str, lost_as: str) -> None:
+    assert outcome(view(status), GONE, None, None, 59, 60) is None
+    event = outcome(view(status), GONE, None, None, 60, 60)
+    assert event is not None and (event.status, event.source) == (lost_as, EventSource.LOST)
+
+
+def test_error_state_asks_for_the_job_to_be_deleted() -> None:
+    eqw = JobStatus("7", JobState.ERROR, raw="Eqw", reason="can't chdir")
+    event = outcome(view("O"), eqw, None, None, 0, 60)
+    assert event is not None and event.kill_job and event.status == "U" and "can't chdir" in event.message
+
+
+def test_watch_events_survive_the_trigger_serialisation() -> None:
+    event = WatchEvent(3, "7.2", "Z", EventSource.ACCOUNTING, 137, "m", "n", Usage(1, 2.0, 3.0), kill_job=True)
+    assert WatchEvent.from_dict(event.to_dict()) == event
+
+
+def test_exit_record_of_another_instance_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "ti-3.exit.json"
+    path.write_text(ExitRecord(4, "D").to_json())
+    assert read_exit_record(str(path), 3) is None
+    path.write_text(ExitRecord(3, "D").to_json())
+    assert read_exit_record(str(path), 3) == ExitRecord(3, "D")
+    path.write_text('{"task_instance_id": 3, "status": "Q"}')
+    assert read_exit_record(str(path), 3) is None
+
+
+def test_a_job_that_ended_while_nobody_watched_is_concluded_from_its_record_not_resubmitted(
+    services: Services, tmp_path: Path
+) -> None:
+    """The worker could not report running (State Manager down) and its job ended D, leaving its exit record;
+    nobody polled for longer than the deadline (triggerer down). The next poll must read the record before it
+    enforces the deadline: the instance ends D, not O → X → E with the job submitted again."""
+    cluster = FakeCluster()
+    run = TaskRun(services, cluster, JobSettings(tmp_path / "logs", "http://127.0.0.1:9/jobmon"))
+    submission = run.start(WorkflowIdentity("dag", "run"), TaskSpec("t", "t", "true"), Resources())
+    assert isinstance(submission, Submission)
+    ti_id, job_id = submission.task_instance_id, submission.job_id
+    with services.engine.begin() as conn:  # the deadline passed while nobody watched
+        conn.execute(TI.update().where(TI.c.id == ti_id).values(report_by_date=utcnow() - timedelta(hours=1)))
+    record = services.queries.task_instance(ti_id).exit_record
+    assert record is not None
+    Path(record).write_text(ExitRecord(ti_id, "D", 0, nodename="node1", usage=Usage(1, 1.0, 0.1)).to_json())
+    cluster.finish(job_id)
+
+    poller = Poller(services, cluster)
+    poller.watch({ti_id: job_id})
+    events = poller.poll()
+
+    assert events[ti_id].source == EventSource.EXIT_RECORD and events[ti_id].status == "D"
+    verdict = run.conclude(events[ti_id])
+    assert verdict.kind == VerdictKind.SUCCESS
+    with services.engine.connect() as conn:
+        statuses = list(conn.execute(sa.select(TI.c.status).order_by(TI.c.id)).scalars())
+    assert statuses == ["D"]
+    assert cluster.calls["submit"] == 1
