@@ -30,14 +30,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from jobmon_airflow.hashing import sha256
 from jobmon_airflow.resources import Resources
 
 ARG_KINDS = ("node_args", "task_args", "op_args")
-
-
-def _sha256(*parts: str) -> str:
-    # The same bytes as ``service.sha256`` (parts joined by \x1f); repeated here because service imports SQLAlchemy.
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +97,9 @@ class TaskTemplate:
         # The keys as given, for merging over workflow defaults key by key (the parsed form fills in every key).
         self.default_resources_requested: Mapping[str, Any] = MappingProxyType(dict(default_resources or {}))
 
-        self.command_template_hash = _sha256(command_template)
+        self.command_template_hash = sha256(command_template)
         # Which name has which kind is part of the version: moving an arg from task_args to op_args is a new version.
-        self.arg_mapping_hash = _sha256(*(f"{kind}={','.join(sorted(declared[kind]))}" for kind in ARG_KINDS))
+        self.arg_mapping_hash = sha256(*(f"{kind}={','.join(sorted(declared[kind]))}" for kind in ARG_KINDS))
 
     def __repr__(self) -> str:
         return (
@@ -181,7 +177,7 @@ class TaskTemplate:
                 fixed_text[arg] = _text(self.name, arg, value)
         task_args = {arg: args[arg] for arg in self.task_args}
         op_args = {arg: args[arg] for arg in self.op_args}
-        task_args_hash = _sha256(*(f"{arg}={fixed_text[arg]}" for arg in sorted(self.task_args)))
+        task_args_hash = sha256(*(f"{arg}={fixed_text[arg]}" for arg in sorted(self.task_args)))
 
         # Each distinct node value is converted and quoted once, not once per element of the product:
         # a column holds (value as given, quoted text for the command, "name=text" for the hash and the name).
@@ -199,10 +195,10 @@ class TaskTemplate:
         prefix = f"{self.name}:" if names else self.name
         seen: set[str] = set()
         tasks: list[TemplateTask] = []
-        sha256 = hashlib.sha256
+        digest = hashlib.sha256
         for combo in itertools.product(*columns):
-            # Inlined _sha256 and interleaving: this loop runs once per task, 100,000s of times.
-            node_args_hash = sha256("\x1f".join([combo[i][2] for i in hash_order]).encode()).hexdigest()
+            # hashing.sha256 inlined: this loop runs once per task, 100,000s of times.
+            node_args_hash = digest("\x1f".join([combo[i][2] for i in hash_order]).encode()).hexdigest()
             if node_args_hash in seen:
                 raise ValueError(
                     f"template {self.name}: node args {', '.join(v[2] for v in combo)} given more than once; "
