@@ -34,6 +34,7 @@ from jobmon_airflow.hashing import sha256
 from jobmon_airflow.resources import Resources
 
 ARG_KINDS = ("node_args", "task_args", "op_args")
+MAX_NAME = 255  # Jobmon's task.name column
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +209,12 @@ class TaskTemplate:
             command = parts.copy()
             for pos, i in slots:
                 command[pos] = combo[i][1]
+            name = prefix + ",".join([v[2] for v in combo])
+            if len(name) > MAX_NAME:
+                raise ValueError(
+                    f"node_args: the task name {name[:80]!r}… is {len(name)} characters; Jobmon keeps at most "
+                    f"{MAX_NAME}: shorten the node arg values or the template name"
+                )
             tasks.append(
                 TemplateTask(
                     node_args={arg: v[0] for arg, v in zip(names, combo, strict=True)},
@@ -216,7 +223,7 @@ class TaskTemplate:
                     command="".join(command),
                     node_args_hash=node_args_hash,
                     task_args_hash=task_args_hash,
-                    name=prefix + ",".join([v[2] for v in combo]),
+                    name=name,
                 )
             )
         return tasks

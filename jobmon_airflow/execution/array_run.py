@@ -96,7 +96,9 @@ class ArrayRun:
         requested: Resources,
     ) -> ArrayProgress:
         """Bind the template version, the array and every element (bulk, idempotent). Elements that failed in an
-        earlier pass start over: Airflow runs the array again only when a user cleared it (a resume)."""
+        earlier pass start over when a user cleared the array (a new pass); an Airflow retry of the same pass (its
+        last try failed at the resume point) goes on where it was: live elements are waited for, nothing is
+        submitted twice, and ended elements keep their outcome."""
         binding, queries = self.services.binding, self.services.queries
         bound = dataclasses.replace(
             workflow, max_concurrently_running=self.options.workflow_max_concurrently_running
@@ -132,7 +134,7 @@ class ArrayRun:
         )
         log.info("Jobmon array %s: %s elements bound (task ids %s…)", array_id, len(task_ids), task_ids[:3])
         failed = [t for t, s in queries.array_task_statuses(array_id).items() if s == TS.ERROR_FATAL]
-        if failed and not queries.array_live_instances(array_id):
+        if failed and workflow.new_pass and not queries.array_live_instances(array_id):
             log.info("Resetting %s failed elements of array %s (new pass)", len(failed), array_id)
             binding.reset_tasks(failed)
         return ArrayProgress(

@@ -27,6 +27,9 @@ class WorkflowIdentity:
     workflow_args: str | None = None
     try_number: int | None = None
     max_concurrently_running: int | None = None
+    # The first try after the task was (re)started by a user (Airflow's first try of a pass), not a retry of the
+    # same pass: what ended in a pass stays ended through its retries, a new pass starts failed elements over.
+    new_pass: bool = True
 
     def bind(self, services: Services) -> BoundRun:
         return services.binding.bind_workflow_run(

@@ -6,16 +6,17 @@ when every element is done and fails listing the elements that used up their att
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException
 
 from jobmon_airflow.execution import ArrayOptions, ArrayProgress, ArrayRun
 from jobmon_airflow.execution.array_run import DEFAULT_BATCH_SIZE
 from jobmon_airflow.operators.base import JobmonBaseOperator, is_templated
 from jobmon_airflow.records import WatchEvent
-from jobmon_airflow.resources import ResourceError, Resources
+from jobmon_airflow.resources import Resources
 from jobmon_airflow.templates import TaskTemplate
 
 
@@ -49,7 +50,10 @@ class JobmonArrayOperator(JobmonBaseOperator):
         workflow_max_concurrently_running: int | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("retries", 0)  # elements retry inside the operator, each up to max_attempts
+        # Elements retry inside the operator, each up to max_attempts; Airflow retries the operator itself only when
+        # a try fails on its way (e.g. the API server restarted at the resume point): safe, nothing runs twice.
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=30))
         super().__init__(compute_resources=compute_resources or task_template.default_resources_requested, **kwargs)
         self.task_template = task_template
         self.node_args = dict(node_args)
@@ -72,20 +76,16 @@ class JobmonArrayOperator(JobmonBaseOperator):
         return ArrayRun(self.services, self.cluster_backend, self.job_settings(context["run_id"]), self._options())
 
     def execute(self, context: Context) -> Any:
-        try:
-            requested = Resources.parse(self.compute_resources)
-            elements = self.task_template.create_tasks(**self.node_args, **self.task_args, **self.op_args)
-        except (ResourceError, ValueError) as exc:
-            raise AirflowFailException(str(exc)) from None
         run = self._run(context)
-        progress = run.start(
-            self.workflow(context),
-            self.task_template,
-            elements,
-            airflow_task_id=self.task_id,
-            map_index=getattr(context["ti"], "map_index", -1),
-            requested=requested,
-        )
+        with self.run_errors():
+            progress = run.start(
+                self.workflow(context),
+                self.task_template,
+                self.task_template.create_tasks(**self.node_args, **self.task_args, **self.op_args),
+                airflow_task_id=self.task_id,
+                map_index=getattr(context["ti"], "map_index", -1),
+                requested=Resources.parse(self.compute_resources),
+            )
         return self._advance(run, progress)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
@@ -104,7 +104,7 @@ class JobmonArrayOperator(JobmonBaseOperator):
 
         self._killable = (run, progress.array_id)  # for on_kill in blocking mode
         while True:
-            with self.cluster_errors():
+            with self.run_errors():
                 live = run.advance(progress)
             if not isinstance(live, dict):
                 return self.outcome(live)

@@ -19,7 +19,7 @@ from jobmon_airflow.execution import JobSettings, Verdict, VerdictKind, Workflow
 from jobmon_airflow.hooks.cluster import cluster_spec, get_cluster
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.records import RecordError, WatchEvent
-from jobmon_airflow.resources import ResourceError, Resources, validate_resource_scales
+from jobmon_airflow.resources import Resources, validate_resource_scales
 from jobmon_airflow.service import Services
 from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, Poller
 
@@ -136,13 +136,17 @@ class JobmonBaseOperator(BaseOperator):
         )
 
     def workflow(self, context: Context) -> WorkflowIdentity:
+        ti = context["ti"]
+        max_tries = getattr(ti, "max_tries", None)
         return WorkflowIdentity(
             dag_id=self.dag_id,
             run_id=context["run_id"],
             tool=self.tool,
             tool_version=self.tool_version(),
             workflow_args=self.workflow_args,
-            try_number=context["ti"].try_number,
+            try_number=ti.try_number,
+            # Airflow's own reckoning (a clear sets max_tries = try_number + retries): the pass's first try.
+            new_pass=max_tries is None or ti.try_number == max_tries - (self.retries or 0) + 1,
         )
 
     def tool_version(self) -> str:
@@ -172,15 +176,17 @@ class JobmonBaseOperator(BaseOperator):
 
     # -- outcomes ------------------------------------------------------------------------------------------------
     @contextmanager
-    def cluster_errors(self) -> Iterator[None]:
-        """A configuration error or a refusal fails without retry; a cluster that cannot be reached fails this
-        try only (Airflow retries it)."""
+    def run_errors(self) -> Iterator[None]:
+        """A configuration error (bad resources, an unknown queue, a name too long) or a refusal fails without
+        retry; a cluster that cannot be reached fails this try only (Airflow retries it)."""
         try:
             yield
         except ClusterUnavailable as exc:
             raise AirflowException(f"{self.cluster_spec['type']} cluster unavailable: {exc}") from None
-        except (SubmissionError, ResourceError) as exc:
+        except SubmissionError as exc:
             raise AirflowFailException(f"{self.cluster_spec['type']} refused the job: {exc}") from None
+        except ValueError as exc:  # ResourceError and UnknownQueue are ValueErrors
+            raise AirflowFailException(str(exc)) from None
 
     def watch_event(self, event: Any) -> WatchEvent:
         try:

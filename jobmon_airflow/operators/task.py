@@ -12,12 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
 
 from jobmon_airflow.execution import Submission, TaskRun, Verdict
-from jobmon_airflow.operators.base import JobmonBaseOperator
-from jobmon_airflow.resources import ResourceError, Resources
+from jobmon_airflow.operators.base import JobmonBaseOperator, is_templated
+from jobmon_airflow.resources import Resources
 from jobmon_airflow.service import TaskSpec
+from jobmon_airflow.service.core import bounded_name
+
+RETRY_DELAY = timedelta(seconds=5)
 
 
 class JobmonTaskOperator(JobmonBaseOperator):
@@ -30,21 +32,22 @@ class JobmonTaskOperator(JobmonBaseOperator):
     ui_color = "#d9ead3"
 
     def __init__(self, *, command: str, name: str | None = None, max_attempts: int = 3, **kwargs: Any) -> None:
-        if isinstance(max_attempts, int) and max_attempts >= 1:
-            kwargs.setdefault("retries", max_attempts - 1)
-        kwargs.setdefault("retry_delay", timedelta(seconds=5))
-        super().__init__(max_attempts=max_attempts, **kwargs)
+        super().__init__(max_attempts=max_attempts, **_retries(max_attempts, kwargs))
         self.command = command
         self.name = name
+        if name is not None and not is_templated(name):
+            bounded_name("name", name)  # fails when the DAG is parsed
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """The scheduler gives mapped task instances the retries of ``partial``'s arguments (``__init__`` runs
+        only when a mapped instance executes): set them from ``max_attempts`` here too."""
+        return super().partial(**_retries(kwargs.get("max_attempts", 3), kwargs))
 
     def _run(self, context: Context) -> TaskRun:
         return TaskRun(self.services, self.cluster_backend, self.job_settings(context["run_id"]))
 
     def execute(self, context: Context) -> Any:
-        try:
-            requested = Resources.parse(self.compute_resources)
-        except ResourceError as exc:
-            raise AirflowFailException(str(exc)) from None
         map_index = getattr(context["ti"], "map_index", -1)
         task = TaskSpec(
             airflow_task_id=self.task_id,
@@ -56,8 +59,8 @@ class JobmonTaskOperator(JobmonBaseOperator):
             fallback_queues=self.fallback_queues,
         )
         run = self._run(context)
-        with self.cluster_errors():
-            step = run.start(self.workflow(context), task, requested)
+        with self.run_errors():
+            step = run.start(self.workflow(context), task, Resources.parse(self.compute_resources))
         if isinstance(step, Verdict):
             return self.outcome(step)
         self._submission: Submission = step
@@ -75,3 +78,11 @@ class JobmonTaskOperator(JobmonBaseOperator):
         submission = getattr(self, "_submission", None)
         if submission is not None:
             TaskRun(self.services, self.cluster_backend, self.job_settings("")).kill(submission)
+
+
+def _retries(max_attempts: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Airflow's retries from Jobmon's ``max_attempts`` (one try per attempt), unless given."""
+    if isinstance(max_attempts, int) and max_attempts >= 1:
+        kwargs.setdefault("retries", max_attempts - 1)
+    kwargs.setdefault("retry_delay", RETRY_DELAY)
+    return kwargs

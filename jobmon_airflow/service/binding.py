@@ -28,6 +28,7 @@ from jobmon_airflow.service.core import (
     WFS,
     WORKFLOW_RUN_HEARTBEAT_INTERVAL,
     Store,
+    bounded_name,
     chunks,
     inserted_id,
     table,
@@ -130,7 +131,7 @@ class Binding(Store):
                         "tool_version_id": tv_id,
                         "dag_id": dag_id,
                         "run_id": run_id,
-                        "name": name or f"{dag_id} {run_id}",
+                        "name": bounded_name("workflow name", name or f"{dag_id} {run_id}"),
                         "description": description,
                         "workflow_args": workflow_args,
                         "workflow_args_hash": args_hash,
@@ -216,7 +217,7 @@ class Binding(Store):
                 "task_args_hash": t.task_args_hash,
                 "array_id": t.array_id,
                 "task_template_version_id": t.task_template_version_id,
-                "name": t.name[:255],
+                "name": bounded_name("task name", t.name),
                 "command": t.command,
                 "max_attempts": t.max_attempts,
                 "resource_scales": json.dumps(t.resource_scales) if t.resource_scales is not None else None,
@@ -292,7 +293,7 @@ class Binding(Store):
         tt, ttv = table(models.TaskTemplate), table(models.TaskTemplateVersion)
         template_hash = sha256(command_template)
         with self.session() as s:
-            upsert(s, tt, [{"tool_version_id": tool_version_id, "name": name}])
+            upsert(s, tt, [{"tool_version_id": tool_version_id, "name": bounded_name("task template name", name)}])
             tt_id = s.execute(
                 sa.select(tt.c.id).where(tt.c.tool_version_id == tool_version_id, tt.c.name == name)
             ).scalar_one()
@@ -325,7 +326,7 @@ class Binding(Store):
                 [
                     {
                         "workflow_id": workflow_id,
-                        "name": name,
+                        "name": bounded_name("array name", name),
                         "task_template_version_id": ttv_id,
                         "max_concurrently_running": max_concurrently_running,
                     }

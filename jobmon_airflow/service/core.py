@@ -58,6 +58,16 @@ class Unauthorized(PermissionError):
     pass
 
 
+MAX_NAME = 255  # the name columns (task, array, workflow, template)
+
+
+def bounded_name(field: str, value: str, limit: int = MAX_NAME) -> str:
+    """A name as given, or ValueError naming the field: a name cut to fit would no longer identify its row."""
+    if len(value) > limit:
+        raise ValueError(f"{field}: at most {limit} characters, got {len(value)}: {value[:80]!r}…")
+    return value
+
+
 def utcnow() -> datetime:
     """Naive UTC, as stored in DATETIME columns."""
     return datetime.now(UTC).replace(tzinfo=None)

@@ -31,6 +31,13 @@ DAGS = textwrap.dedent(
 
     with DAG("e2e_jobmon_kill", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
         JobmonTaskOperator(task_id="sleeper", command="sleep 600", poll_interval=1)
+
+    # Each mapped task fails its first attempt (exit 3) and succeeds on the retry Airflow must schedule.
+    FLAKY = "mkdir -p MARKERS && test -e MARKERS/m{i} || {{ touch MARKERS/m{i}; exit 3; }}"
+    with DAG("e2e_jobmon_mapped_retry", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+        JobmonTaskOperator.partial(task_id="flaky", poll_interval=1, max_attempts=2).expand(
+            command=[FLAKY.format(i=i) for i in range(2)]
+        )
     """
 )
 
@@ -40,7 +47,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowAPI]:
     home = tmp_path_factory.mktemp("airflow-services")
     dags = home / "dags"
     dags.mkdir()
-    (dags / "e2e_dags.py").write_text(DAGS)
+    (dags / "e2e_dags.py").write_text(DAGS.replace("MARKERS", str(home / "markers")))
     port = free_port()
     env = services_env(home, dags, port, parallelism=4)
     logs = home / "logs"
@@ -102,3 +109,18 @@ def test_marking_a_deferred_task_failed_kills_its_job(airflow: AirflowAPI) -> No
     local = LocalCluster(Path(airflow.env["JOBMON_AIRFLOW_HOME"]) / "local-cluster")
     wait_for(lambda: local.statuses([cluster_job])[cluster_job].state.value == "gone", 60, "the job to be deleted")
     assert local.exit_info([cluster_job])[cluster_job].kind.value == "deleted"
+
+
+def test_mapped_tasks_are_retried_by_the_scheduler(airflow: AirflowAPI) -> None:
+    """max_attempts=2 on partial(): the scheduler gives each mapped task one retry, which succeeds."""
+    dag_id = "e2e_jobmon_mapped_retry"
+    run_id = trigger(airflow, dag_id)
+    wait_for(lambda: airflow.run_state(dag_id, run_id) in ("success", "failed"), 300, "the DAG run")
+    assert airflow.run_state(dag_id, run_id) == "success"
+    tries = [
+        airflow.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/flaky/{i}")["try_number"]
+        for i in range(2)
+    ]
+    assert tries == [2, 2]
+    (row,) = jobmon_rows(airflow, dag_id)
+    assert (row["TASKS"], row["DONE"], row["RETRIES"]) == (2, 2, 2)

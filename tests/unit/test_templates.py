@@ -259,3 +259,11 @@ def test_default_resources_are_parsed() -> None:
 def test_default_resources_error_names_the_field(resources: dict[str, object], field: str) -> None:
     with pytest.raises(ResourceError, match=rf"^location_model\.default_resources(\.{field}|: {field})"):
         location_model(default_resources=resources)
+
+
+def test_an_element_name_longer_than_jobmon_keeps_is_refused_naming_node_args() -> None:
+    """Names were cut to 255 characters when bound: two elements could then share one name."""
+    template = TaskTemplate(name="t", command_template="run {loc}", node_args=["loc"])
+    with pytest.raises(ValueError, match=r"^node_args: the task name .* is 30\d characters"):
+        template.create_tasks(loc=["x" * 300])
+    assert len(template.create_tasks(loc=["x" * 240])[0].name) <= 255

@@ -93,3 +93,37 @@ def test_concurrency_limit_submits_one_batch_at_a_time(services: Services, tmp_p
 def test_progress_from_an_event_is_checked(bad: object) -> None:
     with pytest.raises(ValueError, match="array progress"):
         ArrayProgress.from_dict(bad)
+
+
+def test_a_retry_of_the_same_pass_keeps_ended_elements_a_new_pass_starts_failed_ones_over(
+    services: Services, tmp_path: Path
+) -> None:
+    """An Airflow retry after a try failed at its resume point (every element had ended, one F) must not give the
+    failed element new attempts; a user's clear (a new pass) does."""
+    cluster = FakeCluster()
+    run = make_run(services, cluster, tmp_path, max_attempts=1)
+    progress = start(run, 2)
+    live = run.advance(progress)
+    assert isinstance(live, dict)
+    finish_all(services, cluster, live, fail={min(live)})
+    retry = run.start(
+        WorkflowIdentity("dag", "run", try_number=2, new_pass=False),
+        TEMPLATE,
+        TEMPLATE.create_tasks(loc=[0, 1]),
+        airflow_task_id="models",
+        map_index=-1,
+        requested=Resources(memory=1.0),
+    )
+    verdict = run.advance(retry)
+    assert isinstance(verdict, Verdict) and verdict.kind == VerdictKind.FAIL
+    assert len(cluster.submitted) == 1  # nothing ran again
+    cleared = run.start(
+        WorkflowIdentity("dag", "run", try_number=3, new_pass=True),
+        TEMPLATE,
+        TEMPLATE.create_tasks(loc=[0, 1]),
+        airflow_task_id="models",
+        map_index=-1,
+        requested=Resources(memory=1.0),
+    )
+    live = run.advance(cleared)
+    assert isinstance(live, dict) and len(live) == 1 and len(cluster.submitted) == 2

@@ -59,3 +59,15 @@ def test_rebinding_changed_tasks_updates_what_they_run_and_keeps_their_state(
     assert (rows[ids[7]].status, rows[ids[7]].num_attempts) == ("D", 1)
     assert {rows[i].status for i in ids if i != ids[7]} == {"G"}
     assert {rows[i].name for i in ids} == {f"arr[{i}]" for i in range(n)}
+
+
+def test_names_are_stored_whole_or_refused_naming_the_field(tmp_path: Path) -> None:
+    svc = Services.for_engine(db.get_engine(f"sqlite:///{tmp_path / 'names.sqlite'}"))
+    db.upgrade(svc.engine)
+    run = svc.binding.bind_workflow_run(dag_id="names", run_id="r")
+    with pytest.raises(ValueError, match=r"^task name: at most 255 characters, got 300"):
+        svc.binding.bind_tasks(run.workflow_id, [TaskSpec("t", "n" * 300, "true")])
+    with pytest.raises(ValueError, match=r"^workflow name: at most 255"):
+        svc.binding.bind_workflow_run(dag_id="d" * 200, run_id="r" * 200)
+    (task_id,) = svc.binding.bind_tasks(run.workflow_id, [TaskSpec("t", "n" * 255, "true")])
+    assert len(svc.queries.workflow_tasks(run.workflow_id)[0]["TASK_NAME"]) == 255
