@@ -8,6 +8,8 @@ the lock up front instead of failing when a read transaction tries to upgrade. M
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +20,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobmon_airflow.files import PRIVATE_FILE, make_private_dirs
 from jobmon_airflow.paths import default_db_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 VERSION_TABLE = "jobmon_alembic_version"  # not Airflow's alembic_version, in case both share one database
 
+log = logging.getLogger(__name__)
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -37,6 +41,40 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Make the SQLite database (commands, stderr tails, token hashes) this user's only, whatever the umask.
+
+    A new database: its directory is created 0700 and the file 0600 before SQLite opens it; SQLite gives its WAL,
+    SHM and journal files the database file's mode. An existing file of this user, and those companions, lose any
+    group/other bits (databases created before this check, or under a loose umask). Another user's file is left
+    as it is (a site may share one on purpose).
+    """
+    make_private_dirs(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, PRIVATE_FILE)  # an empty file is a new, empty database to SQLite
+        finally:
+            os.close(fd)
+    for name in (path, *(Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # not there (or a link, or unreadable): nothing of ours to fix
+        try:
+            st = os.fstat(fd)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISREG(st.st_mode) and mode & 0o077 and st.st_uid == os.getuid():
+                os.fchmod(fd, mode & 0o700)
+        except OSError as exc:
+            log.warning("Could not make state database file %s private: %s", name, exc)
+        finally:
+            os.close(fd)
+
+
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL per process."""
     url = url or default_db_url()
@@ -46,8 +84,8 @@ def get_engine(url: str | None = None) -> Engine:
         sa_url = sa.engine.make_url(url)
         kwargs: dict[str, Any] = {"future": True}
         if sa_url.get_backend_name() == "sqlite":
-            if sa_url.database:
-                Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+            if sa_url.database and sa_url.database != ":memory:" and not sa_url.query.get("uri"):
+                _private_sqlite_file(Path(sa_url.database))
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:
             # READ COMMITTED: a transaction that waited for another writer's insert must see its row afterwards

@@ -11,13 +11,15 @@ database query, one cluster status call and one accounting call, however many ta
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
+import stat
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from jobmon_airflow import states
@@ -44,16 +46,43 @@ EXIT_KIND_STATUS: Mapping[ExitKind, str] = {
 
 
 def read_exit_record(path: str | None, task_instance_id: int) -> ExitRecord | None:
-    """The instance's exit record, or None when it is not there (yet) or not this instance's valid record."""
+    """The instance's exit record, or None when it is not there (yet) or not this instance's valid record.
+
+    A record decides an outcome, and it sits in a log directory that may be on a shared root: only a regular file
+    owned by this user and writable by nobody else counts (opened without following a link, checked on the open
+    file). Anything else is ignored with a warning naming the path and why.
+    """
     if not path:
         return None
     try:
-        return ExitRecord.from_json(Path(path).read_text(encoding="utf-8"), task_instance_id=task_instance_id)
-    except OSError:
+        # O_NONBLOCK: a FIFO put in the record's place must not block the watcher (it is refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None  # not written (yet): the writer renames atomically, so just look again next poll
-    except (RecordError, UnicodeDecodeError) as exc:
-        log.warning("Ignoring exit record %s: %s", path, exc)
+    except OSError as exc:
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else f"cannot open it: {exc.strerror or exc}"
+        log.warning("Ignoring exit record %s: %s", path, why)
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            why = f"not a regular file ({stat.filemode(st.st_mode)})"
+        elif st.st_uid != os.getuid():
+            why = f"owned by uid {st.st_uid}, not by this user (uid {os.getuid()})"
+        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            why = f"writable by group or others (mode {stat.filemode(st.st_mode)})"
+        else:
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                text = fh.read().decode("utf-8")
+            return ExitRecord.from_json(text, task_instance_id=task_instance_id)
+    except OSError:
+        return None  # unreadable just now: look again next poll
+    except (RecordError, UnicodeDecodeError) as exc:
+        why = str(exc)
+    finally:
+        os.close(fd)
+    log.warning("Ignoring exit record %s: %s", path, why)
+    return None
 
 
 def outcome(

@@ -2,6 +2,8 @@
 # Creates or refreshes .venv with the locked environment (requirements.lock) and this package, editable.
 # The lock is complete (every transitive pin; mysqlclient dropped by overrides.txt), hence --no-deps.
 # Idempotent, no root needed; a no-op when the lock has not changed. Downloads only from PyPI.
+# The lock also pins pip and setuptools: the old copies a new venv gets from the interpreter (ensurepip; known
+# CVEs) are replaced by the locked versions (tests/unit/test_bootstrap.py checks .venv against the lock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -41,7 +41,14 @@ from jobmon_airflow.clusters.local_shepherd import (
     kill_file,
     kill_sessions,
 )
-from jobmon_airflow.files import read_json, write_json
+from jobmon_airflow.files import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    make_private_dirs,
+    open_private_append,
+    read_json,
+    write_json,
+)
 from jobmon_airflow.procfs import proc_stat
 from jobmon_airflow.resources import QueueLimits
 
@@ -125,8 +132,9 @@ class LocalCluster:
             raise ValueError(f"LocalCluster slots: must be at least 1, got {slots!r}")
         self.jobs_dir = self.root / "jobs"
         self.slots_dir = self.root / "slots"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.slots_dir.mkdir(parents=True, exist_ok=True)
+        # This user's only (0700, files 0600): job specs hold commands and environments, logs their output.
+        make_private_dirs(self.jobs_dir)
+        make_private_dirs(self.slots_dir)
 
     def queue_limits(self, queue: str | None = None) -> QueueLimits:
         """Every queue name is this machine's one queue: a DAG written for Grid Engine runs here unchanged."""
@@ -141,7 +149,7 @@ class LocalCluster:
         self._validate(job)
         log_dir = job.log_dir.absolute()
         try:
-            log_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(log_dir)
         except OSError as exc:
             raise SubmissionError(f"local: cannot create log directory {log_dir}: {exc}") from exc
         job_id, job_dir = self._new_job_dir()
@@ -163,7 +171,7 @@ class LocalCluster:
         write_json(job_dir / SPEC, spec)
         _reap_shepherds()
         try:
-            with open(job_dir / SHEPHERD_LOG, "ab") as log:
+            with open_private_append(job_dir / SHEPHERD_LOG) as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "jobmon_airflow.clusters.local_shepherd", str(job_dir)],
                     cwd=job_dir,
@@ -202,7 +210,7 @@ class LocalCluster:
 
     def _new_job_dir(self) -> tuple[str, Path]:
         """Next id from a counter file under flock (many submitting processes); mkdir is the final arbiter."""
-        fd = os.open(self.root / "next_job_id", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / "next_job_id", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.read(fd, 64).strip()
@@ -211,7 +219,7 @@ class LocalCluster:
                 job_dir = self.jobs_dir / str(number)
                 number += 1
                 with contextlib.suppress(FileExistsError):  # a counter reset must not reuse an id
-                    job_dir.mkdir()
+                    job_dir.mkdir(mode=PRIVATE_DIR)
                     break
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
@@ -296,7 +304,7 @@ class LocalCluster:
         for _job_id, element, view in self._views(job_ids):
             if not view.has(element):
                 continue  # unknown or already cleaned up: not an error, as qdel of a finished job
-            (view.dir / kill_file(element)).touch()
+            (view.dir / kill_file(element)).touch(mode=PRIVATE_FILE)
             targets = view.elements() if element is None else [element]
             for target in targets:
                 if element_file("exit", target) in view.names or element_file("started", target) not in view.names:

@@ -43,7 +43,7 @@ from types import FrameType
 from typing import Any
 
 from jobmon_airflow.clusters.base import ExitKind, log_file_paths
-from jobmon_airflow.files import write_json
+from jobmon_airflow.files import PRIVATE_FILE, open_private_append, write_json
 from jobmon_airflow.procfs import live_processes, proc_stat
 
 POLL_S = 0.2  # memory sampling and slot polling interval, as execd's load-report cadence but finer
@@ -214,7 +214,7 @@ class Shepherd:
             if k in self.held:
                 continue
             if k not in self.slot_fds:
-                self.slot_fds[k] = os.open(self.slots_dir / str(k), os.O_RDWR | os.O_CREAT, 0o644)
+                self.slot_fds[k] = os.open(self.slots_dir / str(k), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
             try:
                 fcntl.flock(self.slot_fds[k], fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -268,7 +268,8 @@ class Shepherd:
         elem.started_mono = time.monotonic()
         elem.rss_floor = memory_usage([os.getpid()])[1]
         try:
-            with open(out_path, "ab") as out, open(err_path, "ab") as err:
+            # Private (0600, never through a link) whatever the umask: logs hold commands' output and errors.
+            with open_private_append(out_path) as out, open_private_append(err_path) as err:
                 elem.proc = subprocess.Popen(
                     self.argv,
                     cwd=self.log_dir,
@@ -282,8 +283,8 @@ class Shepherd:
         except (OSError, subprocess.SubprocessError) as exc:
             # Grid Engine would put the job in error state; here the element simply fails, with the reason.
             reason = f"could not start {self.argv[0]!r}: {exc}"
-            with contextlib.suppress(OSError), open(err_path, "a") as err:
-                print(f"local_shepherd: {reason}", file=err)
+            with contextlib.suppress(OSError), open_private_append(err_path) as err:
+                err.write(f"local_shepherd: {reason}\n".encode())
             self._release(slots)
             self._record(elem, ExitKind.ERROR, None, None, reason)
             return

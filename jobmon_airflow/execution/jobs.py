@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -20,7 +21,7 @@ from typing import Any
 
 from jobmon_airflow.array_manifest import write_array_manifest
 from jobmon_airflow.clusters.base import Cluster, JobRequest
-from jobmon_airflow.files import PRIVATE_DIR, PRIVATE_FILE
+from jobmon_airflow.files import PRIVATE_FILE, make_private_dirs
 from jobmon_airflow.hashing import hash_token
 from jobmon_airflow.resources import QueueLimits, Resources
 from jobmon_airflow.service import ResourcePlan, Services
@@ -49,25 +50,39 @@ class Submission:
 def write_token(log_dir: Path, owner: int | str) -> tuple[str, Path]:
     """A fresh bearer token in a file only this user can read (never argv or env: ``ps``, ``qstat -j``).
 
-    The token directory must be this user's own and private: on a shared log root another user could otherwise
-    plant it, or a link in it, to read or redirect tokens. The file is created anew, never through a link.
+    The token directory must be this user's own and private (a directory, not a link, mode 0700): on a shared log
+    root another user could otherwise plant it, or a link in it, to read or redirect tokens. It is checked on the
+    open directory and the file is created in that very directory (``dir_fd``), anew (``O_EXCL | O_NOFOLLOW``),
+    never through a link, so nothing can be swapped in between the check and the write.
     """
     token_dir = log_dir / ".tokens"
-    token_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    st = os.lstat(token_dir)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise PermissionError(
-            f"token directory {token_dir} must be a directory owned by uid {os.getuid()} with mode 0700 "
-            f"(found uid {st.st_uid}, mode {stat.filemode(st.st_mode)})"
-        )
-    path = token_dir / (f"ti-{owner}.token" if isinstance(owner, int) else f"{owner}.token")
-    token = secrets.token_urlsafe(32)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # left by an earlier state database with the same ids; unlink removes a link, not its target
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    return token, path
+    try:
+        make_private_dirs(token_dir)
+        dir_fd = os.open(token_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EEXIST, errno.ENOTDIR):  # a link, or not a directory
+            raise
+        raise PermissionError(f"token directory {token_dir} must be a directory, not a link or file: {exc}") from exc
+    try:
+        st = os.fstat(dir_fd)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise PermissionError(
+                f"token directory {token_dir} must be a directory owned by uid {os.getuid()} with mode 0700 "
+                f"(found uid {st.st_uid}, mode {stat.filemode(st.st_mode)})"
+            )
+        name = f"ti-{owner}.token" if isinstance(owner, int) else f"{owner}.token"
+        token = secrets.token_urlsafe(32)
+        with contextlib.suppress(FileNotFoundError):
+            # Left by an earlier state database with the same ids; unlink removes a link, not its target.
+            os.unlink(name, dir_fd=dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, PRIVATE_FILE, dir_fd=dir_fd)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), PRIVATE_FILE)  # exactly 0600, whatever the umask
+            fh.write(token)
+    finally:
+        os.close(dir_fd)
+    return token, token_dir / name
 
 
 def worker_argv(ti_id: int, command: str, settings: JobSettings, token_file: Path, exit_record: Path) -> list[str]:
@@ -141,7 +156,7 @@ def submit_task_instance(
     (ti_id,) = lifecycle.queue_task_instances(
         workflow_run_id, cluster_id, [task_id], plan.resources, plan.kind, queue, try_number=try_number
     )
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(settings.log_dir)  # logs, exit records, tokens: this user's only
     token, token_file = write_token(settings.log_dir, ti_id)
     exit_record = exit_record_path(settings.log_dir, ti_id)
     lifecycle.instantiate([ti_id], {ti_id: hash_token(token)}, {ti_id: {"exit_record": str(exit_record)}})
@@ -197,7 +212,7 @@ def submit_array_batch(
         array_id=array_id,
         array_batch_num=batch,
     )
-    log_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(log_dir)
     token, token_file = write_token(log_dir, f"array-{array_id}-batch-{batch}")
     # One token per batch: it opens this batch's instances only. Exit records: <log_dir>/ti-<id>.exit.json.
     lifecycle.instantiate_array_batch(array_id, batch, hash_token(token), str(log_dir))

@@ -293,3 +293,30 @@ def test_unknown_queue_lists_the_queues(gridengine: dict[str, str]) -> None:
         UnknownQueue, match=r"compute_resources.queue: Grid Engine has no queue 'nosuch.q'; its queues: .*all\.q"
     ):
         GridEngineCluster().queue_limits("nosuch.q")
+
+
+def test_job_logs_are_private_and_a_jobs_exit_record_is_trusted(cluster: CountingCluster, tmp_path: Path) -> None:
+    """Issue 13: the shepherd creates the .o/.e files with execd's umask (0644) before the job script runs; the
+    script makes them 0600 before anything is written to them. Issue 12: an exit record written inside the job, as
+    the worker node writes it, is this user's and private, so the watcher trusts it."""
+    from jobmon_airflow.records import ExitRecord
+    from jobmon_airflow.watch import read_exit_record
+
+    record_path = tmp_path / "logs" / "ti-9.exit.json"
+    record = ExitRecord(9, "D", exit_status=0, nodename="n")
+    writes_record = (
+        "import sys\n"
+        "from jobmon_airflow.files import write_atomically\n"
+        f"write_atomically(sys.argv[1], {record.to_json()!r}, durable=True)\n"
+        "print('out'); print('err', file=sys.stderr)\n"
+    )
+    single = job(tmp_path, [PY, "-c", writes_record, str(record_path)])
+    array = job(tmp_path, [PY, "-c", "import sys; print('out'); print('err', file=sys.stderr)"], array_length=2)
+    single_id, array_id = cluster.submit(single), cluster.submit(array)
+    records = finish(cluster, [single_id, f"{array_id}.1", f"{array_id}.2"])
+    assert {r.kind for r in records.values()} == {ExitKind.DONE}
+    logs = [*cluster.log_paths(single, single_id), *(p for i in (1, 2) for p in cluster.log_paths(array, array_id, i))]
+    assert [p.read_text() for p in logs] == ["out\n", "err\n"] * 3
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in logs} == {p.name: "0o600" for p in logs}
+    assert oct(record_path.stat().st_mode & 0o777) == "0o600"
+    assert read_exit_record(str(record_path), 9) == record

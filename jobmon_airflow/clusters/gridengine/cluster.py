@@ -62,7 +62,7 @@ from jobmon_airflow.clusters.gridengine.parsers import (
     qdel_problems,
     request_not_sent,
 )
-from jobmon_airflow.files import PRIVATE_DIR, write_json
+from jobmon_airflow.files import PRIVATE_DIR, make_private_dirs, write_json
 from jobmon_airflow.resources import QueueLimits
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class GridEngineCluster:
         argv = qsub_argv(job, queue=self.queue, project=self.project, pe=self.pe, site=self.site)
         script = job_script(job.argv, job.env)
         try:
-            job.log_dir.absolute().mkdir(parents=True, exist_ok=True)
+            make_private_dirs(job.log_dir.absolute())
         except OSError as exc:
             raise SubmissionError(f"gridengine: cannot create log directory {job.log_dir}: {exc}") from exc
         try:

@@ -357,3 +357,33 @@ def test_max_rss_of_a_small_job_is_not_the_shepherds(cluster: LocalCluster, tmp_
 
     assert info.maxrss_bytes is not None and info.maxvmem_bytes is not None
     assert 0 < info.maxrss_bytes <= info.maxvmem_bytes < 20 * MIB  # sleep: ~1 MB resident, a few MB virtual
+
+
+def test_every_file_and_directory_of_a_job_is_private_under_umask_022(tmp_path: Path) -> None:
+    """Specs (commands, environments), logs, records, counters, slots, kill marks: this user's only (issue 13)."""
+    old_umask = os.umask(0o022)  # the usual default; the shepherd and its jobs inherit it
+    cluster = LocalCluster(tmp_path / "local-cluster", slots=2)
+    try:
+        code = "import sys; print('out'); print('err', file=sys.stderr)"
+        array = request(tmp_path, [PY, "-c", code], name="arr", array_length=2, env={"SECRET_ISH": "x"})
+        array_id = cluster.submit(array)
+        cant_start = request(tmp_path, ["/nonexistent/program"], name="nostart")
+        cant_start_id = cluster.submit(cant_start)
+        killed_id = cluster.submit(request(tmp_path, ["sleep", "30"], name="killed"))
+        wait_state(cluster, killed_id, JobState.RUNNING)
+        cluster.kill([killed_id])
+        ids = [f"{array_id}.1", f"{array_id}.2", cant_start_id, killed_id]
+        assert {i.kind for i in wait_exit(cluster, ids).values()} == {ExitKind.DONE, ExitKind.ERROR, ExitKind.DELETED}
+    finally:
+        os.umask(old_umask)
+        cluster.kill(sorted(p.name for p in cluster.jobs_dir.iterdir()))
+    logs = [*cluster.log_paths(array, array_id, 1), *cluster.log_paths(array, array_id, 2)]
+    assert [p.read_text() for p in logs] == ["out\n", "err\n", "out\n", "err\n"]
+    assert "could not start" in cluster.log_paths(cant_start, cant_start_id)[1].read_text()
+    checked = [p for top in (cluster.root, tmp_path / "logs") for p in [top, *top.rglob("*")]]
+    names = {p.name for p in checked}
+    assert {"spec.json", "shepherd.log", "exit.1.json", "started.1.json", "kill", "next_job_id", "0"} <= names
+    loose = [
+        f"{p.relative_to(tmp_path)} {oct(p.lstat().st_mode & 0o777)}" for p in checked if p.lstat().st_mode & 0o077
+    ]
+    assert loose == []
