@@ -6,6 +6,7 @@ Nothing here imports airflow or pytest: the services run in their own processes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,6 +58,8 @@ def services_env(home: Path, dags_folder: Path, port: int, parallelism: int) -> 
 
 class AirflowAPI:
     """Airflow's REST API (``/api/v2``) on ``127.0.0.1:port``; ``env`` is the environment the services run with."""
+
+    services: ServiceSet | None = None  # the processes behind it, when started by :func:`airflow_services`
 
     def __init__(self, port: int, env: dict[str, str], timeout: float = 30.0):
         self.base = f"http://{HOST}:{port}"
@@ -123,6 +126,39 @@ class AirflowAPI:
                 return out
 
 
+class ServiceSet:
+    """Airflow's services as child processes, each in its own process group writing ``logs/<service>.log``;
+    any one can be killed and started again (the chaos suite)."""
+
+    COMMANDS = {"api-server": ["api-server"], "scheduler": ["scheduler"], "dag-processor": ["dag-processor"],
+                "triggerer": ["triggerer"]}  # fmt: skip
+
+    def __init__(self, env: dict[str, str], port: int, logs: Path):
+        self.env, self.logs = env, logs
+        self.commands = {**self.COMMANDS, "api-server": ["api-server", "-H", HOST, "-p", str(port)]}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen(
+            [AIRFLOW, *self.commands[name]],
+            env=self.env,
+            stdout=(self.logs / f"{name}.log").open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill the service's whole process group (its children too, as a crashed host would) and reap it."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(60)
+
+    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self.kill(name, sig)
+        self.start(name)
+
+
 @contextmanager
 def airflow_services(
     env: dict[str, str],
@@ -133,28 +169,21 @@ def airflow_services(
     stop_timeout: float,
     request_timeout: float = 30.0,
 ) -> Iterator[AirflowAPI]:
-    """``airflow db migrate``, then the API server (on ``port``), scheduler, DAG processor and triggerer, each in
-    its own process group writing ``logs/<service>.log``; yields a client for the API (not yet waited for: see
+    """``airflow db migrate``, then the API server (on ``port``), scheduler, DAG processor and triggerer
+    (:class:`ServiceSet`, as ``.services`` of the client yielded; the API is not yet waited for: see
     :meth:`AirflowAPI.wait_healthy`). On exit every process group gets SIGTERM, and SIGKILL if still there after
     ``stop_timeout`` seconds."""
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=migrate_timeout)
     logs.mkdir(parents=True, exist_ok=True)
-    services = (["api-server", "-H", HOST, "-p", str(port)], ["scheduler"], ["dag-processor"], ["triggerer"])
-    procs: list[subprocess.Popen[bytes]] = []
+    services = ServiceSet(env, port, logs)
     try:
-        for cmd in services:
-            procs.append(
-                subprocess.Popen(
-                    [AIRFLOW, *cmd],
-                    env=env,
-                    stdout=(logs / f"{cmd[0]}.log").open("w"),
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        yield AirflowAPI(port, env, timeout=request_timeout)
+        for name in ServiceSet.COMMANDS:
+            services.start(name)
+        client = AirflowAPI(port, env, timeout=request_timeout)
+        client.services = services
+        yield client
     finally:
-        stop_process_groups(procs, stop_timeout)
+        stop_process_groups(list(services.procs.values()), stop_timeout)
 
 
 def stop_process_groups(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
