@@ -45,8 +45,19 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     from jobmon_airflow.server.app import create_standalone_app
 
+    try:
+        tls = _tls_options(args.ssl_keyfile, args.ssl_certfile)
+    except ValueError as exc:
+        print(f"jobmon-airflow server: {exc}", file=sys.stderr)
+        return 2
     # No access log by default: 100,000 running jobs make ~1,100 heartbeat requests a second.
-    options: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": "info", "access_log": args.access_log}
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "info",
+        "access_log": args.access_log,
+        **tls,
+    }
     if args.workers == 1:
         uvicorn.run(create_standalone_app(_db_url(args.url)), **options)
         return 0
@@ -56,7 +67,45 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_options(keyfile: str | None, certfile: str | None) -> dict[str, str]:
+    """uvicorn's TLS options, checked before the server starts: both files or neither, readable, a certificate
+    (chain) and its unencrypted private key; ValueError saying what is wrong otherwise."""
+    if keyfile is None and certfile is None:
+        return {}
+    if keyfile is None or certfile is None:
+        raise ValueError("--ssl-keyfile and --ssl-certfile go together: give both (TLS) or neither (plain HTTP)")
+    for option, path in (("--ssl-keyfile", keyfile), ("--ssl-certfile", certfile)):
+        if not Path(path).is_file():
+            raise ValueError(f"{option} {path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{option} {path}: not readable by this user")
+    import ssl
+
+    def no_password() -> str:
+        raise ValueError("the key is encrypted; give an unencrypted key (protected by its file permissions)")
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile, password=no_password)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(f"cannot use {certfile} with {keyfile}: {exc}") from None
+    return {"ssl_keyfile": keyfile, "ssl_certfile": certfile}
+
+
 SERVER_DB_URL_ENV = "JOBMON_AIRFLOW_SERVER_DB_URL"
+
+SERVER_HELP = """\
+Run the Jobmon app (the State Manager) standalone, at the same paths as inside Airflow (/jobmon/api/...).
+
+Every worker authenticates with a bearer token of its own task instance: on a network that is not trusted end to
+end, the tokens must travel encrypted. Either
+  * serve HTTPS here: --ssl-certfile CERT.pem --ssl-keyfile KEY.pem (both; the key unencrypted, readable only by
+    the server's user), and give workers the https:// URL; or
+  * keep the default --host 127.0.0.1 and put a TLS-terminating reverse proxy (nginx, Apache httpd, HAProxy) in
+    front: it serves https://<host>/jobmon/ and forwards to http://127.0.0.1:<port>/jobmon/ unchanged (path,
+    Authorization header) and allows request bodies of 256 KiB (the server refuses larger ones with 413).
+Workers reach the URL in the jobmon_default connection's state_manager_url extra, and verify its certificate
+against the system CA bundle, or the CA file named by SSL_CERT_FILE in the jobs' environment.
+"""
 
 
 def _server_app() -> Any:
@@ -108,13 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db_parser.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
 
-    server = sub.add_parser("server", help="run the Jobmon app (State Manager) standalone")
-    server.add_argument("--host", default="127.0.0.1")
+    server = sub.add_parser(
+        "server",
+        help="run the Jobmon app (State Manager) standalone",
+        description=SERVER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     server.add_argument("--port", type=int, default=8790)
     server.add_argument(
         "--workers", type=_positive_int, default=1, help="server processes (each batches its own heartbeats)"
     )
     server.add_argument("--access-log", action="store_true", help="log every request (off: heartbeats are many)")
+    server.add_argument("--ssl-keyfile", metavar="PEM", help="serve HTTPS: the private key (unencrypted PEM)")
+    server.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS: the certificate (chain), PEM")
     server.set_defaults(func=cmd_server)
 
     wf = sub.add_parser("workflow", help="workflow status").add_subparsers(dest="wf_command", required=True)

@@ -7,23 +7,33 @@ import time
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from jobmon_airflow import __version__, db
 from jobmon_airflow.server import state
+from jobmon_airflow.server.limits import BodyLimit, request_validation_handler
+from jobmon_airflow.server.schemas import MAX_BODY_BYTES
 from jobmon_airflow.service import Reports
 
 URL_PREFIX = "/jobmon"
 
 
-def create_app(db_url: str | None = None) -> FastAPI:
+def create_app(db_url: str | None = None, *, heartbeat_window: float = 0.02) -> FastAPI:
     """The app on the state database at ``db_url`` (default: the embedded SQLite file; the plugin and the CLI
-    resolve the ``jobmon_default`` connection and pass its URL)."""
+    resolve the ``jobmon_default`` connection and pass its URL).
+
+    Every route sits behind the body cap (:class:`~.limits.BodyLimit`), and validation errors leave out the input
+    they would otherwise echo. ``heartbeat_window``: how long the first heartbeat waits for others to share its
+    database round trip.
+    """
     engine = db.get_engine(db_url)
     db.ensure_schema(engine)
     app = FastAPI(title="Jobmon", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.reports = Reports(engine)
-    app.state.heartbeats = state.HeartbeatCoalescer(app.state.reports)
+    app.state.heartbeats = state.HeartbeatCoalescer(app.state.reports, window=heartbeat_window)
     app.include_router(state.router)
+    app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app
 
 

@@ -1,17 +1,22 @@
 """The worker node's side: what the State Manager writes when a job reports (its only dependency).
 
 Every call names one task instance; the State Manager has checked (through :meth:`Reports.authorized`) that the
-caller holds that instance's token.
+caller holds that instance's token. A token is good for heartbeats while its instance lives: once the instance is
+final (:data:`states.TASK_INSTANCE_FINAL`) it is revoked (:func:`revoked`), and only a repeated final report is
+still answered, idempotently (the worker retries its final report).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from jobmon_airflow import states
 from jobmon_airflow.hashing import hash_token
@@ -24,14 +29,31 @@ from jobmon_airflow.service.core import (
     Unauthorized,
     chunks,
     finish_instance,
+    log_errors,
     status_of,
     transition_task_instances,
     updated_rows,
     utcnow,
 )
 
+log = logging.getLogger(__name__)
+
 #: The outcomes a worker may report as errors.
 ERROR_STATES = frozenset({TIS.ERROR, TIS.RESOURCE_ERROR, TIS.ERROR_FATAL, TIS.UNKNOWN_ERROR})
+#: Ends that Jobmon reaches from a running instance only: a late report of a triaging instance goes T → R first.
+_FROM_RUNNING_ONLY = frozenset({TIS.DONE, TIS.ERROR})
+#: Row ids are signed 64-bit integers: anything else names no instance (and would overflow the database driver).
+MAX_ID = 2**63 - 1
+REVOKED = "token revoked: task instance ended"
+
+
+class Revoked(Unauthorized):
+    """The token was right, but its instance has ended: it no longer authorizes heartbeats."""
+
+
+def revoked(status: str) -> bool:
+    """True when an instance in ``status`` has ended, so its token no longer authorizes heartbeats."""
+    return status in states.TASK_INSTANCE_FINAL
 
 
 class Reports(Store):
@@ -47,7 +69,7 @@ class Reports(Store):
         State Manager's batched heartbeats."""
         stored: dict[int, str] = {}
         with self.engine.connect() as conn:
-            for chunk in chunks(sorted(tokens)):
+            for chunk in chunks(sorted(i for i in tokens if 1 <= i <= MAX_ID)):
                 for ti_id, token_hash in conn.execute(sa.select(TI.c.id, TI.c.token_hash).where(TI.c.id.in_(chunk))):
                     if token_hash:
                         stored[ti_id] = token_hash
@@ -71,17 +93,30 @@ class Reports(Store):
         distributor_id: str | None,
         next_report: float,
     ) -> str:
+        """The worker started. The job id recorded at submission stays authoritative (it is what a kill deletes):
+        the worker's only fills in a missing one; a different one is logged as an error of the instance."""
         with self.session() as s:
-            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar_one()
-            if current == TIS.KILL_SELF:
-                return current
+            row = s.execute(
+                sa.select(TI.c.status, TI.c.distributor_id).where(TI.c.id == ti_id).with_for_update()
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"task instance {ti_id}")
             values: dict[str, Any] = {
                 "nodename": nodename,
                 "process_group_id": process_group_id,
                 "report_by_date": utcnow() + timedelta(seconds=next_report),
             }
-            if distributor_id:
+            if distributor_id and not row.distributor_id:
                 values["distributor_id"] = distributor_id
+            elif distributor_id and distributor_id != row.distributor_id:
+                message = (
+                    f"log_running: the worker reported job id {distributor_id!r}, but {row.distributor_id!r} was "
+                    f"recorded at submission; {row.distributor_id!r} is kept"
+                )
+                log.warning("task instance %d: %s", ti_id, message)
+                log_errors(s, [ti_id], message)
+            if row.status == TIS.KILL_SELF:
+                return str(row.status)
             transition_task_instances(s, [ti_id], TIS.RUNNING, values)
             return status_of(s, ti_id)
 
@@ -105,18 +140,27 @@ class Reports(Store):
             return str(current)
 
     def log_report_by_many(self, next_reports: Mapping[int, float]) -> dict[int, str]:
-        """Many heartbeats at once (the State Manager coalesces concurrent requests into this): one UPDATE for the
+        """Many heartbeats at once (the State Manager coalesces concurrent requests into this), each instance with
+        its own increment: one UPDATE per distinct increment (workers share one interval: typically one) for the
         running instances, and one transition back to R for the triaging ones whose heartbeats came late (after a
         network partition, thousands at once); killed or ended instances just report their status."""
         if not next_reports:
             return {}
-        deadline = utcnow() + timedelta(seconds=max(next_reports.values()))
+        now = utcnow()
+        by_increment: dict[float, list[int]] = defaultdict(list)
+        for ti_id, increment in sorted(next_reports.items()):
+            by_increment[increment].append(ti_id)
         out: dict[int, str] = {}
         with self.session() as s:
+            for increment, ids in by_increment.items():
+                deadline = now + timedelta(seconds=increment)
+                for chunk in chunks(ids):
+                    s.execute(
+                        TI.update()
+                        .where(TI.c.id.in_(chunk), TI.c.status == TIS.RUNNING)
+                        .values(report_by_date=deadline)
+                    )
             for chunk in chunks(sorted(next_reports)):
-                s.execute(
-                    TI.update().where(TI.c.id.in_(chunk), TI.c.status == TIS.RUNNING).values(report_by_date=deadline)
-                )
                 for r in s.execute(sa.select(TI.c.id, TI.c.status).where(TI.c.id.in_(chunk))):
                     out[r.id] = r.status
             late = [i for i, status in out.items() if status == TIS.TRIAGING]
@@ -125,14 +169,19 @@ class Reports(Store):
                 triaging += s.execute(
                     sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status == TIS.TRIAGING).with_for_update()
                 ).scalars()
-            back = transition_task_instances(s, triaging, TIS.RUNNING)
-            for chunk in chunks(back):
-                s.execute(TI.update().where(TI.c.id.in_(chunk)).values(report_by_date=deadline))
+            back = set(transition_task_instances(s, triaging, TIS.RUNNING))
+            for increment, ids in by_increment.items():
+                deadline = now + timedelta(seconds=increment)
+                for chunk in chunks([i for i in ids if i in back]):
+                    s.execute(TI.update().where(TI.c.id.in_(chunk)).values(report_by_date=deadline))
             out.update(dict.fromkeys(back, str(TIS.RUNNING)))
         return {ti_id: out.get(ti_id, "unknown") for ti_id in next_reports}
 
     def log_done(self, ti_id: int, nodename: str | None, usage: Usage | None) -> str:
+        """The command exited 0. A triaging instance (its heartbeats were late: a State Manager outage longer than
+        the deadline) goes T → R → D, as Jobmon does: the report is the instance's own worker's word."""
         with self.session() as s:
+            _back_from_triage(s, ti_id, TIS.DONE)
             finish_instance(s, ti_id, TIS.DONE, 0, "", nodename, usage)
             return status_of(s, ti_id)
 
@@ -150,5 +199,16 @@ class Reports(Store):
                 f"task_instance: error_state must be one of {', '.join(sorted(ERROR_STATES))}, got {error_state!r}"
             )
         with self.session() as s:
+            _back_from_triage(s, ti_id, error_state)
             finish_instance(s, ti_id, error_state, exit_status, message, nodename, usage)
             return status_of(s, ti_id)
+
+
+def _back_from_triage(session: Session, ti_id: int, end: str) -> None:
+    """A late final report of a triaging instance: T → R first where the end is legal from R only (D, E); Z, U
+    and F are legal from T directly. Under the row lock, so a concurrent writer cannot slip in between."""
+    if end not in _FROM_RUNNING_ONLY:
+        return
+    current = session.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar()
+    if current == TIS.TRIAGING:
+        transition_task_instances(session, [ti_id], TIS.RUNNING)

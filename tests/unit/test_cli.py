@@ -105,3 +105,90 @@ def test_server_with_two_workers_serves_heartbeats_from_the_url_given(tmp_path: 
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+
+
+def test_server_tls_options_are_checked_before_starting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both or neither; the files must exist and be a certificate with its unencrypted key."""
+    key, cert = _self_signed(tmp_path)
+    assert cli.main(["server", "--ssl-keyfile", str(key)]) == 2
+    assert "--ssl-keyfile and --ssl-certfile go together" in capsys.readouterr().err
+    assert cli.main(["server", "--ssl-certfile", str(cert), "--ssl-keyfile", str(tmp_path / "nope.pem")]) == 2
+    assert f"--ssl-keyfile {tmp_path / 'nope.pem'}: no such file" in capsys.readouterr().err
+    assert cli.main(["server", "--ssl-certfile", str(cert), "--ssl-keyfile", str(cert)]) == 2
+    assert f"cannot use {cert} with {cert}" in capsys.readouterr().err
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+def test_server_serves_heartbeats_over_tls(tmp_path: Path) -> None:
+    """``server --ssl-keyfile/--ssl-certfile``: an authenticated heartbeat over HTTPS, verified against the cert."""
+    import http.client
+    import os
+    import signal
+    import ssl
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from jobmon_airflow.hashing import hash_token
+    from tests.conftest import free_port
+
+    key, cert = _self_signed(tmp_path)
+    url = f"sqlite:///{tmp_path / 'server.sqlite'}"
+    svc = Services.for_engine(db.get_engine(url))
+    db.upgrade(svc.engine)
+    run = svc.binding.bind_workflow_run(dag_id="d", run_id="r")
+    tasks = svc.binding.bind_tasks(run.workflow_id, [TaskSpec("t", "t", "true")])
+    (ti,) = svc.lifecycle.queue_task_instances(
+        run.workflow_run_id, svc.binding.cluster_id("local", "local"), tasks, Resources(), "O", QueueLimits("local")
+    )
+    svc.lifecycle.instantiate([ti], {ti: hash_token("tok")}, {})
+    svc.lifecycle.log_distributor_ids({ti: "7"})
+    svc.reports.log_running(ti, "node", 1, "7", 100)
+    port = free_port()
+    argv = [sys.executable, "-m", "jobmon_airflow.cli", "--url", url, "server", "--port", str(port),
+            "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)]  # fmt: skip
+    server = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    path = f"127.0.0.1:{port}/jobmon/api/state/task_instance/{ti}/log_report_by"
+    headers = {"Authorization": "Bearer tok", "Content-Type": "application/json"}
+    beat = json.dumps({"next_report_increment": 100}).encode()
+    trusting = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the server did not answer within 60 s"
+            try:
+                request = urllib.request.Request(f"https://{path}", data=beat, headers=headers)
+                with urllib.request.urlopen(request, timeout=10, context=trusting) as response:
+                    answer = json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                pytest.fail(f"heartbeat refused: {exc.code} {exc.read()[:200]!r}")
+            except (urllib.error.URLError, OSError) as exc:  # not listening yet
+                assert not isinstance(getattr(exc, "reason", exc), ssl.SSLError), exc
+                time.sleep(0.3)
+        assert answer == {"status": "R"}
+        with pytest.raises(urllib.error.URLError) as refused:  # a client that does not trust the certificate
+            urllib.request.urlopen(urllib.request.Request(f"https://{path}", data=beat, headers=headers), timeout=10)
+        assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
+        with pytest.raises((OSError, http.client.HTTPException)):  # no plain HTTP on the TLS port
+            urllib.request.urlopen(urllib.request.Request(f"http://{path}", data=beat, headers=headers), timeout=10)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)

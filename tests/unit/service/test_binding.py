@@ -69,5 +69,5 @@ def test_names_are_stored_whole_or_refused_naming_the_field(tmp_path: Path) -> N
         svc.binding.bind_tasks(run.workflow_id, [TaskSpec("t", "n" * 300, "true")])
     with pytest.raises(ValueError, match=r"^workflow name: at most 255"):
         svc.binding.bind_workflow_run(dag_id="d" * 200, run_id="r" * 200)
-    (task_id,) = svc.binding.bind_tasks(run.workflow_id, [TaskSpec("t", "n" * 255, "true")])
+    svc.binding.bind_tasks(run.workflow_id, [TaskSpec("t", "n" * 255, "true")])
     assert len(svc.queries.workflow_tasks(run.workflow_id)[0]["TASK_NAME"]) == 255
