@@ -76,7 +76,7 @@ def mariadb_url() -> Iterator[str]:
     name = f"jobmon_test_{uuid.uuid4().hex[:12]}"
     server = sa.engine.make_url(MARIADB_URL)
     try:
-        admin = sa.create_engine(server)
+        admin = sa.create_engine(server, pool_pre_ping=True)  # outlives MariaDB restarts (chaos suite)
         with admin.connect() as conn:
             conn.execute(sa.text(f"CREATE DATABASE `{name}`"))
     except Exception as exc:  # any failure to connect or create means the service is not there
