@@ -44,9 +44,9 @@ from tests.chaos import faults
 from tests.chaos.conftest import Fault
 from tests.chaos.faults import AccountingRecord, Background
 from tests.conftest import MARIADB_URL, free_port, require_service, run_dag
-from tests.integration.arrays import array_instances
-from tests.integration.helpers import instances
 from tests.support.airflow_services import wait_for
+from tests.support.arrays import array_instances
+from tests.support.state import instances
 
 pytestmark = [
     pytest.mark.chaos,

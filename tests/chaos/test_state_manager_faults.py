@@ -23,7 +23,7 @@ from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.server.app import start_in_thread
 from tests.chaos.conftest import Fault
 from tests.conftest import free_port
-from tests.integration.helpers import instances, wait_for
+from tests.support.state import instances, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("airflow_db")]
 

@@ -15,7 +15,7 @@ from jobmon_airflow.operators import JobmonArrayOperator, JobmonTaskOperator
 from jobmon_airflow.paths import jobmon_home
 from jobmon_airflow.service import Services
 from tests.conftest import run_dag
-from tests.integration.arrays import array_instances, assert_twenty_elements_recovered, element_template
+from tests.support.arrays import array_instances, assert_twenty_elements_recovered, element_template
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "state_manager")
 

@@ -30,7 +30,7 @@ from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.server.app import start_in_thread
 from jobmon_airflow.service import Services
 from tests.conftest import free_port, run_dag
-from tests.integration.helpers import instances, wait_for
+from tests.support.state import instances, wait_for
 
 pytestmark = [pytest.mark.gridengine, pytest.mark.mariadb, pytest.mark.usefixtures("airflow_db")]
 
@@ -320,7 +320,7 @@ def test_fifty_deferred_tasks_cost_one_qstat_per_poll(service: Services, dag_id:
 
 def test_array_of_twenty_recovers_failures_and_a_memory_kill(service: Services, dag_id: str, tmp_path: Path) -> None:
     from jobmon_airflow.operators import JobmonArrayOperator
-    from tests.integration.arrays import assert_twenty_elements_recovered, element_template
+    from tests.support.arrays import assert_twenty_elements_recovered, element_template
 
     template, args = element_template(tmp_path)
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)) as dag:
@@ -340,7 +340,7 @@ def test_array_of_twenty_recovers_failures_and_a_memory_kill(service: Services, 
 def test_array_tc_caps_running_elements_in_accounting(service: Services, dag_id: str) -> None:
     from jobmon_airflow.operators import JobmonArrayOperator
     from jobmon_airflow.templates import TaskTemplate
-    from tests.integration.arrays import array_instances
+    from tests.support.arrays import array_instances
 
     tt = TaskTemplate(name="nap", command_template="sleep {seconds} # {i}", node_args=["i"], op_args=["seconds"])
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)) as dag:

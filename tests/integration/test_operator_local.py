@@ -23,7 +23,7 @@ from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.resources import ResourceError
 from jobmon_airflow.service import Lifecycle, Services
 from tests.conftest import free_port, run_dag
-from tests.integration.helpers import instances, wait_for
+from tests.support.state import instances, wait_for
 
 PY = sys.executable
 pytestmark = pytest.mark.usefixtures("airflow_db", "state_manager")
