@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -33,12 +34,27 @@ class RecordError(ValueError):
     """A record that is not what its writer promised (a foreign file, a truncated write, a hostile payload)."""
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, shortened: a hostile one (nested thousands deep, an integer of more digits
+    than Python prints, megabytes of text) must make a short message, never an exception of its own."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a repr of some odd object failed: its type is enough
+        return f"a value of type {type(value).__name__}"
+
+
 def _int(data: Mapping[str, Any], key: str, *, optional: bool = True) -> int | None:
     value = data.get(key)
     if value is None and optional:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise RecordError(f"{key}: expected a whole number, got {value!r}")
+        raise RecordError(f"{key}: expected a whole number, got {_show(value)}")
     return value
 
 
@@ -46,16 +62,31 @@ def _float(data: Mapping[str, Any], key: str) -> float | None:
     value = data.get(key)
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise RecordError(f"{key}: expected a finite number, got {value!r}")
-    return float(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise RecordError(f"{key}: expected a finite number, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past the float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise RecordError(f"{key}: expected a finite number, got {_show(value)}")
+    return number
 
 
 def _text(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise RecordError(f"{key}: expected text, got {value!r}")
+        raise RecordError(f"{key}: expected text, got {_show(value)}")
     return value
+
+
+def _flag(data: Mapping[str, Any], key: str) -> bool:
+    """A flag, read as Python reads truth (absent: false), as the records always have been."""
+    value = data.get(key, False)
+    try:
+        return bool(value)
+    except Exception:  # an object whose truth cannot be told (an array, say): not a flag
+        raise RecordError(f"{key}: expected true or false, got {_show(value)}") from None
 
 
 @dataclass(frozen=True)
@@ -74,7 +105,7 @@ class Usage:
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
-            raise RecordError(f"usage: expected an object, got {data!r}")
+            raise RecordError(f"usage: expected an object, got {_show(data)}")
         return cls(_int(data, "maxrss_bytes"), _float(data, "wallclock_s"), _float(data, "cpu_s"))
 
 
@@ -119,6 +150,8 @@ class ExitRecord:
             data = json.loads(text)
         except ValueError as exc:
             raise RecordError(f"not JSON: {exc}") from None
+        except RecursionError:  # arrays or objects nested deeper than the decoder goes
+            raise RecordError("not JSON: nested too deeply") from None
         if not isinstance(data, dict):
             raise RecordError("expected a JSON object")
         ti_id = _int(data, "task_instance_id", optional=False)
@@ -126,8 +159,8 @@ class ExitRecord:
         if task_instance_id is not None and ti_id != task_instance_id:
             raise RecordError(f"task_instance_id: the record is of instance {ti_id}, expected {task_instance_id}")
         status = data.get("status")
-        if status not in WORKER_OUTCOMES:
-            raise RecordError(f"status: expected one of {', '.join(sorted(WORKER_OUTCOMES))}, got {status!r}")
+        if not isinstance(status, str) or status not in WORKER_OUTCOMES:  # a list or object cannot be looked up
+            raise RecordError(f"status: expected one of {', '.join(sorted(WORKER_OUTCOMES))}, got {_show(status)}")
         return cls(
             task_instance_id=ti_id,
             status=str(status),
@@ -138,7 +171,7 @@ class ExitRecord:
             usage=Usage.from_dict(data.get("usage")),
             started_at=_float(data, "started_at"),
             finished_at=_float(data, "finished_at"),
-            reported=bool(data.get("reported", False)),
+            reported=_flag(data, "reported"),
             report_error=_text(data, "report_error"),
         )
 
@@ -156,6 +189,10 @@ class EventSource(StrEnum):
     CLUSTER = "cluster"  # the cluster holds the job in an error state (Grid Engine's Eqw)
     TRIAGE = "triage"  # launched and never reported running before its deadline (no heartbeat)
     LOST = "lost"  # gone from the queue with no record and no accounting after a grace period
+
+
+_EVENT_SOURCES = frozenset(s.value for s in EventSource)
+_INSTANCE_STATUSES = frozenset(s.value for s in TaskInstanceStatus)
 
 
 @dataclass(frozen=True)
@@ -193,24 +230,23 @@ class WatchEvent:
     @classmethod
     def from_dict(cls, data: Any) -> WatchEvent:
         if not isinstance(data, Mapping):
-            raise RecordError(f"watch event: expected an object, got {data!r}")
+            raise RecordError(f"watch event: expected an object, got {_show(data)}")
         ti_id = _int(data, "task_instance_id", optional=False)
         assert ti_id is not None
         status = data.get("status")
-        if status not in TaskInstanceStatus.__members__.values():
-            raise RecordError(f"watch event status: not a task instance status: {status!r}")
-        try:
-            source = EventSource(str(data.get("source")))
-        except ValueError:
-            raise RecordError(f"watch event source: unknown {data.get('source')!r}") from None
+        if not isinstance(status, str) or status not in _INSTANCE_STATUSES:
+            raise RecordError(f"watch event status: not a task instance status: {_show(status)}")
+        source = data.get("source")
+        if not isinstance(source, str) or source not in _EVENT_SOURCES:
+            raise RecordError(f"watch event source: unknown {_show(source)}")
         return cls(
             task_instance_id=ti_id,
             job_id=_text(data, "job_id"),
             status=str(status),
-            source=source,
+            source=EventSource(source),
             exit_status=_int(data, "exit_status"),
             message=_text(data, "message") or "",
             nodename=_text(data, "nodename"),
             usage=Usage.from_dict(data.get("usage")),
-            kill_job=bool(data.get("kill_job", False)),
+            kill_job=_flag(data, "kill_job"),
         )

@@ -2,6 +2,10 @@
 
 Keys (Jobmon's ``client/task_resources.py``): ``cores``; ``memory`` in GiB (a number, or "2G"/"500M"/"1.5T");
 ``runtime`` in seconds (a number, "HH:MM:SS", or "2h"/"30m"/"10s"); ``queue``; ``project``.
+
+A request is bounded (:data:`MAX_CORES`, :data:`MAX_MEMORY_GIB`, :data:`MAX_RUNTIME_S`): no job needs more, so a
+larger value is a mistake (a unit or a digit too many), and a bounded value keeps the arithmetic of scaling finite.
+A retry's growth factor is bounded too (:data:`MAX_SCALE_FACTOR`), and scaled values stop at the same bounds.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -22,64 +27,120 @@ DEFAULT_RESOURCE_SCALES: dict[str, float] = {"memory": 0.5, "runtime": 0.5}
 KNOWN_KEYS = frozenset({"cores", "memory", "runtime", "queue", "project"})
 SCALABLE_KEYS = frozenset({"cores", "memory", "runtime"})
 
+#: The largest requests accepted (see :func:`parse_cores`, :func:`parse_memory`, :func:`parse_runtime`).
+MAX_CORES = 1_000_000
+MAX_MEMORY_GIB = float(1024**2)  # 1 PiB
+MAX_RUNTIME_S = 3650 * 86400  # 10 years
+#: The largest growth factor of a retry: × (1 + 100), i.e. +10,000 %.
+MAX_SCALE_FACTOR = 100.0
+_MAXIMA: dict[str, float] = {"cores": MAX_CORES, "memory": MAX_MEMORY_GIB, "runtime": MAX_RUNTIME_S}
+_BOUND_TEXT = {
+    "cores": f"{MAX_CORES:,} cores",
+    "memory": f"1 PiB ({MAX_MEMORY_GIB:,.0f} GiB)",
+    "runtime": f"10 years ({MAX_RUNTIME_S:,} seconds)",
+}
+
 _MEMORY_UNITS_GIB = {"": 1.0, "K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _RUNTIME_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RUNTIME_SUFFIX_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
 _RUNTIME_CLOCK_RE = re.compile(r"^\s*(?:(\d+):)?(\d+):(\d+)\s*$")
+_RUNTIME_SECONDS_RE = re.compile(r"^\s*(\d+)\s*$")
 
 
 class ResourceError(ValueError):
     """A resource value is malformed or does not fit any queue; the message names the field."""
 
 
-def parse_memory(value: Any, field: str = "memory") -> float:
-    """Return memory in GiB from a GiB number or a string with a K/M/G/T suffix (1024-based)."""
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, shortened (Python cannot even print an integer of more than 4300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a repr of some odd object failed: its type is enough
+        return f"a value of type {type(value).__name__}"
+
+
+def _as_float(value: int | float) -> float:
+    """``float(value)``; an integer past the float range is infinitely large (and so refused as too large)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _check_amount(amount: float, value: Any, field: str, key: str, bounded: bool) -> None:
+    """Greater than zero, and at most the bound of ``key`` (or, not ``bounded``, finite)."""
+    if math.isnan(amount) or amount <= 0:
+        raise ResourceError(f"{field}: must be greater than zero, got {_show(value)}")
+    if bounded and amount > _MAXIMA[key]:
+        raise ResourceError(f"{field}: at most {_BOUND_TEXT[key]}, got {_show(value)}")
+    if math.isinf(amount):
+        raise ResourceError(f"{field}: too large to be a number, got {_show(value)}")
+
+
+def parse_memory(value: Any, field: str = "memory", *, bounded: bool = True) -> float:
+    """Return memory in GiB from a GiB number or a string with a K/M/G/T suffix (1024-based).
+
+    At most :data:`MAX_MEMORY_GIB` (1 PiB); ``bounded=False`` (what a cluster states, not what a job asks for)
+    takes any finite amount."""
     if isinstance(value, bool):
         raise ResourceError(f"{field}: expected GiB as a number or a string like '2G' or '500M', got {value!r}")
     if isinstance(value, int | float):
-        gib = float(value)
+        gib = _as_float(value)
     elif isinstance(value, str) and (m := _MEMORY_RE.match(value)):
-        gib = float(m.group(1)) * _MEMORY_UNITS_GIB[m.group(2).upper()]
+        gib = float(m.group(1)) * _MEMORY_UNITS_GIB[m.group(2).upper()]  # float() of digits: inf, never an error
     else:
-        raise ResourceError(f"{field}: expected GiB as a number or a string like '2G' or '500M', got {value!r}")
-    if not math.isfinite(gib) or gib <= 0:
-        raise ResourceError(f"{field}: must be greater than zero, got {value!r}")
+        raise ResourceError(f"{field}: expected GiB as a number or a string like '2G' or '500M', got {_show(value)}")
+    _check_amount(gib, value, field, "memory", bounded)
     return gib
 
 
-def parse_runtime(value: Any, field: str = "runtime") -> int:
-    """Return runtime in whole seconds from seconds, "HH:MM:SS"/"MM:SS", or "2h"/"30m"/"10s"/"1d"."""
+def parse_runtime(value: Any, field: str = "runtime", *, bounded: bool = True) -> int:
+    """Return runtime in whole seconds from seconds, "HH:MM:SS"/"MM:SS", or "2h"/"30m"/"10s"/"1d".
+
+    At most :data:`MAX_RUNTIME_S` (10 years); ``bounded=False`` (what a cluster states, not what a job asks for)
+    takes any finite time."""
     seconds: float
     if isinstance(value, bool):
         raise ResourceError(f"{field}: expected seconds, 'HH:MM:SS' or a string like '10m', got {value!r}")
+    # Digits are read with float(): int() refuses more than 4300 digits, and a str.isdigit() digit such as '²'.
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _as_float(value)
     elif isinstance(value, str) and (m := _RUNTIME_SUFFIX_RE.match(value)):
         seconds = float(m.group(1)) * _RUNTIME_UNITS_S[m.group(2).lower()]
     elif isinstance(value, str) and (m := _RUNTIME_CLOCK_RE.match(value)):
-        hours, minutes, secs = int(m.group(1) or 0), int(m.group(2)), int(m.group(3))
+        hours, minutes, secs = float(m.group(1) or 0), float(m.group(2)), float(m.group(3))
         if minutes >= 60 or secs >= 60:
-            raise ResourceError(f"{field}: minutes and seconds must be below 60 in {value!r}")
+            raise ResourceError(f"{field}: minutes and seconds must be below 60 in {_show(value)}")
         seconds = hours * 3600 + minutes * 60 + secs
-    elif isinstance(value, str) and value.strip().isdigit():
-        seconds = int(value.strip())
+    elif isinstance(value, str) and (m := _RUNTIME_SECONDS_RE.match(value)):
+        seconds = float(m.group(1))
     else:
-        raise ResourceError(f"{field}: expected seconds, 'HH:MM:SS' or a string like '10m', got {value!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ResourceError(f"{field}: must be greater than zero, got {value!r}")
+        raise ResourceError(f"{field}: expected seconds, 'HH:MM:SS' or a string like '10m', got {_show(value)}")
+    _check_amount(seconds, value, field, "runtime", bounded)
     return math.ceil(seconds)
 
 
 def parse_cores(value: Any, field: str = "cores") -> int:
+    """Return a whole number of cores, 1 to :data:`MAX_CORES`."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ResourceError(f"{field}: expected a whole number of cores, got {value!r}")
+        raise ResourceError(f"{field}: expected a whole number of cores, got {_show(value)}")
     try:
         cores = int(value)
     except ValueError:
-        raise ResourceError(f"{field}: expected a whole number of cores, got {value!r}") from None
+        if not (isinstance(value, str) and value.strip().isdecimal()):
+            raise ResourceError(f"{field}: expected a whole number of cores, got {_show(value)}") from None
+        cores = MAX_CORES + 1  # more digits than int() reads (4300): far past the bound
     if cores < 1:
-        raise ResourceError(f"{field}: must be at least 1, got {value!r}")
+        raise ResourceError(f"{field}: must be at least 1, got {_show(value)}")
+    if cores > MAX_CORES:
+        raise ResourceError(f"{field}: at most {_BOUND_TEXT['cores']}, got {_show(value)}")
     return cores
 
 
@@ -133,19 +194,24 @@ class Resources:
         return math.ceil(self.memory * 1024**3)
 
 
-#: One resource's growth after a resource kill: a number ``s ≥ 0`` (every retry ``× (1 + s)``), or a non-empty
-#: list of them, the k-th (k from 1) for the k-th retry after a resource kill, the last repeating after the list.
+#: One resource's growth after a resource kill: a number ``0 ≤ s ≤ 100`` (every retry ``× (1 + s)``), or a
+#: non-empty list of them, the k-th (k from 1) for the k-th retry after a resource kill, the last repeating after
+#: the list.
 ScaleSpec = float | int | list[float | int] | tuple[float | int, ...]
 
-_SCALE_HINT = "use a number ≥ 0 or a non-empty list of numbers ≥ 0 (the factor for the k-th retry)"
+_SCALE_HINT = (
+    f"use a number from 0 to {MAX_SCALE_FACTOR:g} or a non-empty list of numbers from 0 to {MAX_SCALE_FACTOR:g} "
+    "(the factor for the k-th retry)"
+)
 
 
 def validate_resource_scales(scales: Mapping[str, Any] | None) -> dict[str, float | list[float]] | None:
     """Check ``resource_scales``; return a normalised, JSON-able copy or raise :class:`ResourceError` naming the field.
 
     Pure: nothing given is consumed or changed, so it may run at DAG parse and again in every try. ``None`` stays
-    ``None`` (Jobmon's default, :data:`DEFAULT_RESOURCE_SCALES`); ``{}`` means nothing scales. Callables and
-    iterators are refused: each Airflow try is a new process (an iterator cannot carry its position) and the task
+    ``None`` (Jobmon's default, :data:`DEFAULT_RESOURCE_SCALES`); ``{}`` means nothing scales. A factor above
+    :data:`MAX_SCALE_FACTOR` (+10,000 % per retry) cannot be meant and is refused. Callables and iterators are
+    refused: each Airflow try is a new process (an iterator cannot carry its position) and the task
     row stores the scales as JSON (a callable cannot be stored).
     """
     if scales is None:
@@ -177,10 +243,20 @@ def validate_resource_scales(scales: Mapping[str, Any] | None) -> dict[str, floa
 
 def _scale_factor(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ResourceError(f"{field}: expected a number, got {value!r}; {_SCALE_HINT}")
-    factor = float(value)
-    if not math.isfinite(factor) or factor < 0:
-        raise ResourceError(f"{field}: must be a finite number ≥ 0, got {value!r}")
+        raise ResourceError(f"{field}: expected a number, got {_show(value)}; {_SCALE_HINT}")
+    try:
+        factor = float(value)
+    except OverflowError:  # an integer or a fraction past the float range
+        factor = math.inf
+    except (TypeError, ValueError):
+        raise ResourceError(f"{field}: expected a number, got {_show(value)}; {_SCALE_HINT}") from None
+    if math.isnan(factor) or factor < 0:
+        raise ResourceError(f"{field}: must be a finite number ≥ 0, got {_show(value)}")
+    if factor > MAX_SCALE_FACTOR:
+        raise ResourceError(
+            f"{field}: at most {MAX_SCALE_FACTOR:g} (× {1 + MAX_SCALE_FACTOR:g}, +10,000 % per retry), "
+            f"got {_show(value)}"
+        )
     return factor
 
 
@@ -189,8 +265,10 @@ def scale_resources(resources: Resources, scales: Mapping[str, ScaleSpec] | None
 
     ``retry`` counts the retries after a resource kill from 1 and picks a list's factor (``retry - 1``, capped at
     its last); a number is the same on every retry. A factor ``s`` gives ``ceil(old × (1 + s))`` (memory rounded
-    up to whole MiB, runtime to whole seconds, cores to whole cores). ``scales`` is checked by
-    :func:`validate_resource_scales`; ``None`` means :data:`DEFAULT_RESOURCE_SCALES`.
+    up to whole MiB, runtime to whole seconds, cores to whole cores), at most the bound a request may ask for
+    (:data:`MAX_MEMORY_GIB`, :data:`MAX_RUNTIME_S`, :data:`MAX_CORES`; never less than ``old``), so the result
+    parses again. ``scales`` is checked by :func:`validate_resource_scales`; ``None`` means
+    :data:`DEFAULT_RESOURCE_SCALES`.
     """
     if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
         raise ValueError(f"retry: expected a whole number ≥ 1, got {retry!r}")
@@ -198,15 +276,26 @@ def scale_resources(resources: Resources, scales: Mapping[str, ScaleSpec] | None
     changes: dict[str, Any] = {}
     for key, spec in (DEFAULT_RESOURCE_SCALES if validated is None else validated).items():
         factor = spec[min(retry, len(spec)) - 1] if isinstance(spec, list) else spec
-        changes[key] = _normalise_scaled(key, getattr(resources, key) * (1 + factor))
+        changes[key] = _normalise_scaled(key, getattr(resources, key), factor)
     return replace(resources, **changes)
 
 
-def _normalise_scaled(key: str, value: float) -> float | int:
-    """Round a scaled value up: memory to whole MiB, runtime to whole seconds, cores to whole cores."""
+def _normalise_scaled(key: str, old: float, factor: float) -> float | int:
+    """``old × (1 + factor)`` rounded up (memory to whole MiB, runtime to whole seconds, cores to whole cores) and
+    capped at the bound of ``key``; an ``old`` past the bound (a Resources built without parsing) stays as it is."""
+    try:
+        grown = old * (1 + factor)
+    except OverflowError:  # an int old past the float range
+        grown = math.inf
+    if math.isnan(grown):
+        raise ResourceError(f"compute_resources.{key}: cannot scale {_show(old)}")
+    cap = _MAXIMA[key]
+    if grown >= cap:  # an infinite product too: a huge old value times a factor
+        bound = cap if key == "memory" else int(cap)
+        return old if old > bound else bound
     if key == "memory":
-        return math.ceil(value * 1024) / 1024
-    return math.ceil(value)
+        return math.ceil(grown * 1024) / 1024
+    return math.ceil(grown)
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,12 @@ def read_exit_record(path: str | None, task_instance_id: int) -> ExitRecord | No
 
     A record decides an outcome, and it sits in a log directory that may be on a shared root: only a regular file
     owned by this user and writable by nobody else counts (opened without following a link, checked on the open
-    file). Anything else is ignored with a warning naming the path and why.
+    file). Anything else is ignored with a warning naming the path and why. Never raises: the job's own command
+    can write this file, and the shared poll that reads it serves every watched instance of the process.
     """
     if not path:
         return None
+    max_bytes = 1 << 20  # the worker writes a few KB (its error message is capped at 10,000 characters)
     try:
         # O_NONBLOCK: a FIFO put in the record's place must not block the watcher (it is refused below).
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -62,6 +64,9 @@ def read_exit_record(path: str | None, task_instance_id: int) -> ExitRecord | No
     except OSError as exc:
         why = "it is a symbolic link" if exc.errno == errno.ELOOP else f"cannot open it: {exc.strerror or exc}"
         log.warning("Ignoring exit record %s: %s", path, why)
+        return None
+    except (ValueError, TypeError) as exc:  # not a path at all (a NUL byte in it)
+        log.warning("Ignoring exit record %r: not a usable path: %s", path, exc)
         return None
     try:
         st = os.fstat(fd)
@@ -73,14 +78,22 @@ def read_exit_record(path: str | None, task_instance_id: int) -> ExitRecord | No
             why = f"writable by group or others (mode {stat.filemode(st.st_mode)})"
         else:
             with os.fdopen(fd, "rb", closefd=False) as fh:
-                text = fh.read().decode("utf-8")
-            return ExitRecord.from_json(text, task_instance_id=task_instance_id)
+                data = fh.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                why = f"larger than {max_bytes} bytes: not a record the worker wrote"
+            else:
+                return ExitRecord.from_json(data.decode("utf-8"), task_instance_id=task_instance_id)
     except OSError:
         return None  # unreadable just now: look again next poll
     except (RecordError, UnicodeDecodeError) as exc:
         why = str(exc)
+    except Exception as exc:  # whatever else a malformed record may cause, it must not stop the poll
+        why = f"unreadable record ({type(exc).__name__}: {exc})"
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError as exc:  # a read-only descriptor: nothing was lost
+            log.debug("Closing exit record %s: %s", path, exc)
     log.warning("Ignoring exit record %s: %s", path, why)
     return None
 

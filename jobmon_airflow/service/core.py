@@ -7,6 +7,7 @@ leave an illegal state, and N rows cost a constant number of statements (chunked
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -176,40 +177,66 @@ def set_task_status(session: Session, task_ids: Sequence[int], new: str, *, only
         )
 
 
+#: The task's way forward with its instance (the targets of states.TASK_FOLLOWS_INSTANCE, each a legal TASK_FSM
+#: step from the one before it).
+_TASK_PROGRESS: tuple[str, ...] = (TS.QUEUED, TS.INSTANTIATING, TS.LAUNCHED, TS.RUNNING, TS.DONE)
+
+
 def _tasks_follow(session: Session, ti_ids: Sequence[int], ti_status: str) -> None:
-    """A task follows its instance through Q/I/O/R/D; after errors it takes Jobmon's retry path."""
+    """A task follows its instance through Q/I/O/R/D; after errors it takes Jobmon's retry path.
+
+    A task can lag behind its instance: one killed (→ K) before it reported running may still end K → D (it ran
+    anyway) or K → F, its task left in Q, I or O. Such a task catches up through legal TASK_FSM steps
+    (Q → I → O → R before D; Q → I before the error path), set-based like every other write.
+    """
     if not ti_ids:
         return
     # Only a task's newest instance moves the task: a late report of a superseded attempt must not.
-    task_ids: list[int] = []
+    status_of_task: dict[int, str] = {}
     for chunk in chunks(list(ti_ids)):
         own = sa.select(TI.c.task_id, TI.c.id).where(TI.c.id.in_(chunk)).subquery()
-        task_ids += [
-            r.task_id
-            for r in session.execute(
-                sa.select(own.c.task_id).where(
-                    own.c.id == sa.select(sa.func.max(TI.c.id)).where(TI.c.task_id == own.c.task_id).scalar_subquery()
-                )
-            )
-        ]
+        for r in session.execute(
+            sa.select(own.c.task_id, TASK.c.status)
+            .join(TASK, TASK.c.id == own.c.task_id)
+            .where(own.c.id == sa.select(sa.func.max(TI.c.id)).where(TI.c.task_id == own.c.task_id).scalar_subquery())
+        ):
+            status_of_task[r.task_id] = r.status
+    task_ids = list(status_of_task)
     if ti_status in states.TASK_FOLLOWS_INSTANCE:
-        # Conditional: a task already past this point (a late, untimely report) is left as it is.
         target = states.TASK_FOLLOWS_INSTANCE[ti_status]
-        set_task_status(session, task_ids, target, only_from=states.TASK_FSM.sources(target))
+        sources = states.TASK_FSM.sources(target)
+        behind = _TASK_PROGRESS[: _TASK_PROGRESS.index(target)]
+        lagging = [t for t, status in status_of_task.items() if status in behind and status not in sources]
+        if lagging:
+            # Catch up to a source of the target one legal step at a time, each a conditional UPDATE (a task
+            # further on takes only the rest of the way).
+            for old, new in itertools.pairwise(behind):
+                set_task_status(session, lagging, new, only_from=[old])
+                if new in sources:
+                    break
+        # Conditional: a task already past this point (a late, untimely report) is left as it is.
+        set_task_status(session, task_ids, target, only_from=sources)
     elif ti_status in states.TASK_INSTANCE_RETRYABLE or ti_status == TIS.ERROR_FATAL:
         _tasks_after_instance_error(session, task_ids, ti_status)
 
 
 def _tasks_after_instance_error(session: Session, task_ids: Sequence[int], ti_status: str) -> None:
+    """Jobmon's retry path (→ E, then G, A or F) for tasks whose newest instance ended in error. A task still in
+    Q (its instance was killed before it was instantiated, then ended K → F) first takes Q → I, the only legal way
+    onto the path."""
     by_path: dict[tuple[str, ...], list[int]] = defaultdict(list)
-    waiting = (TS.INSTANTIATING, TS.LAUNCHED, TS.RUNNING, TS.ERROR_RECOVERABLE)
+    waiting = (TS.QUEUED, TS.INSTANTIATING, TS.LAUNCHED, TS.RUNNING, TS.ERROR_RECOVERABLE)
     for chunk in chunks(list(task_ids)):
         for r in session.execute(
             sa.select(TASK.c.id, TASK.c.status, TASK.c.num_attempts, TASK.c.max_attempts).where(TASK.c.id.in_(chunk))
         ):
             if r.status in waiting:
                 path = states.task_after_instance_error(ti_status, r.num_attempts, r.max_attempts)
-                by_path[tuple(path[1:] if r.status == TS.ERROR_RECOVERABLE else path)].append(r.id)
+                if r.status == TS.ERROR_RECOVERABLE:
+                    path = path[1:]
+                elif r.status == TS.QUEUED:
+                    path = [TS.INSTANTIATING, *path]
+                by_path[tuple(path)].append(r.id)
     for steps, ids in by_path.items():
         for step in steps:
             transition(session, states.TASK_FSM, TASK, ids, step)
@@ -243,7 +270,11 @@ def log_errors(session: Session, ti_ids: Sequence[int], description: str) -> Non
 
 
 def status_of(session: Session, ti_id: int) -> str:
-    return str(session.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar_one())
+    """An instance's status; :class:`NotFound` when there is no such instance."""
+    status = session.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar()
+    if status is None:
+        raise NotFound(f"task instance {ti_id}")
+    return str(status)
 
 
 def finish_instance(
@@ -272,7 +303,9 @@ def finish_instance(
             sa.select(TI.c.status, TASK.c.status.label("task_status"))
             .join(TASK, TASK.c.id == TI.c.task_id)
             .where(TI.c.id == ti_id)
-        ).one()
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"task instance {ti_id}")
         if row.status == TIS.KILL_SELF and row.task_status == TS.ERROR_FATAL:
             # The kill was completed (job deleted, task failed): a done report still in flight is stale.
             raise states.IllegalTransition(f"task_instance {ti_id} was killed and its task failed; K → D refused")

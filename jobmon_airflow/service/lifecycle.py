@@ -310,18 +310,19 @@ class Lifecycle(Store):
             return changed
 
     def end_killed(self, ti_ids: Sequence[int]) -> None:
-        """After the jobs were deleted nobody reports: tasks of instances still in K fail without retry (E→F)."""
+        """After the jobs were deleted nobody reports: tasks of instances still in K fail without retry (E→F).
+
+        Through legal TASK_FSM steps only, as an instance's own K → F moves its task: a task killed before it was
+        ever submitted (Q) takes Q → I first, then I/O/R → E → F. Set-based: three statements per 1,000 tasks."""
         with self.session() as s:
             task_ids = [
                 r.task_id
                 for chunk in chunks(list(ti_ids))
                 for r in s.execute(sa.select(TI.c.task_id).where(TI.c.id.in_(chunk), TI.c.status == TIS.KILL_SELF))
             ]
+            set_task_status(s, task_ids, TS.INSTANTIATING, only_from=[TS.QUEUED])
             for step in (TS.ERROR_RECOVERABLE, TS.ERROR_FATAL):
                 set_task_status(s, task_ids, step, only_from=states.TASK_FSM.sources(step))
-            # Killed before it was ever submitted: the task FSM has no way out of Q but a reset, and nothing will
-            # report again; end it as Jobmon's cleanup would, bypassing the FSM on purpose.
-            set_task_status(s, task_ids, TS.ERROR_FATAL, only_from=[TS.QUEUED])
 
     # -- outcomes and liveness -----------------------------------------------------------------------------------
     def apply_outcome(

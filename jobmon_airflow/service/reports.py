@@ -131,7 +131,9 @@ class Reports(Store):
             if updated_rows(s, running) == 1:
                 return str(TIS.RUNNING)
         with self.session() as s:
-            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar_one()
+            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar()
+            if current is None:
+                raise NotFound(f"task instance {ti_id}")
             if current == TIS.TRIAGING:
                 transition_task_instances(s, [ti_id], TIS.RUNNING)
                 current = TIS.RUNNING

@@ -454,23 +454,21 @@ def test_accounting_line_recovers_its_fields(case: AccountingCase) -> None:
         memory_resource=req.memory_resource,
     )
     assert (info.kind, info.resource, info.reason) == (kind, resource, reason)
-    # The whole-file parser agrees, keyed by job id (a free field holding a Unicode line break: a known bug).
-    if not any(c in case.line.rstrip("\n") for c in UNICODE_LINE_BREAKS):
-        assert parse_accounting(f"# Version: 8.1.9\n{case.line}\n", req.memory_resource) == {info.job_id: info}
+    # The whole-file parser agrees, keyed by job id (a free field may hold a Unicode line break: still one record).
+    assert parse_accounting(f"# Version: 8.1.9\n{case.line}\n", req.memory_resource) == {info.job_id: info}
+    assert parse_accounting(f"# Version: 8.1.9\r\n{case.line.rstrip(chr(10))}\r\n", req.memory_resource) == {
+        info.job_id: info
+    }
 
 
 #: What str.splitlines() splits at besides "\n" and "\r".
 UNICODE_LINE_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG accounting.parse_accounting splits the text with str.splitlines(), which also breaks at \\v \\f "
-    "\\x1c-\\x1e \\x85 \\u2028 \\u2029: a record whose job name (or another free field) holds one is cut in two "
-    "and the whole parse fails; the file's records end at '\\n' only (AccountingReader splits on b'\\n')",
-)
-@pytest.mark.parametrize("brk", ["\f", "\u2028"])
+@pytest.mark.parametrize("brk", list(UNICODE_LINE_BREAKS))
 def test_parse_accounting_keeps_records_whole(brk: str) -> None:
+    """Was cut in two: parse_accounting split with str.splitlines(), which also breaks at these; the file's records
+    end at '\\n' only (AccountingReader splits on b'\\n')."""
     line = minimal_accounting_line(job_name=f"a{brk}b")
     assert parse_accounting_line(line).job_id == "1"
     assert set(parse_accounting(line + "\n")) == {"1"}
@@ -490,24 +488,8 @@ bad_values = st.one_of(
     st.integers(-(10**6), 10**6).map(str),
     st.integers(1, 5000).map(lambda n: "9" * n),  # past the float range, and past Python's int digit limit
 )
-#: Known bug (see test_accounting_nonfinite_usage_is_a_cluster_error): "nan"/"inf" in ru_maxrss or maxvmem.
-NONFINITE = ("nan", "inf", "infinity", "-inf", "-nan", "1e400", "-1e400")
-
-
-def _nonfinite_usage(line: str) -> bool:
-    """Whether the fields the parser reads as ru_maxrss and maxvmem (the latter counted from the right, as the
-    parser does) hold a non-finite number."""
-    parts = line.rstrip("\n").split(":")
-    if len(parts) < len(ACCOUNTING_FIELDS):
-        return False
-    return any(not math.isfinite(_as_float(parts[i])) for i in (ACCOUNTING_FIELDS.index("ru_maxrss"), len(parts) - 3))
-
-
-def _as_float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return 0.0
+#: Numbers no field may hold (see test_accounting_nonfinite_usage_is_a_cluster_error).
+NONFINITE = ("nan", "inf", "infinity", "-inf", "-nan", "1e400", "-1e400", "1e300")
 
 
 @st.composite
@@ -526,7 +508,6 @@ def damaged_lines(draw: st.DrawFn) -> str:
     line = ":".join(fields)
     if how == "cut":
         line = line[: draw(st.integers(0, len(line)))]
-    assume(not _nonfinite_usage(line))  # a known bug, pinned by test_accounting_nonfinite_usage_is_a_cluster_error
     return line
 
 
@@ -548,21 +529,33 @@ def test_accounting_damaged_lines_raise_only_cluster_error(line: str) -> None:
 @given(st.text(max_size=300))
 @example(":" * 44)
 @example(":" * 60)
+@example(":".join(["0"] * 16 + ["nan"] + ["0"] * 28))
 def test_accounting_arbitrary_text_raises_only_cluster_error(line: str) -> None:
-    assume(not _nonfinite_usage(line))  # a known bug, pinned by test_accounting_nonfinite_usage_is_a_cluster_error
     assert_accounting_only_cluster_error(line)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG accounting.parse_accounting_line: a non-finite ru_maxrss or maxvmem ('nan', 'inf', '1e400') passes "
-    "_float() and then round() raises ValueError/OverflowError instead of ClusterError; AccountingReader._scan "
-    "only catches ClusterError, so one such line in the scanned window fails every lookup",
-)
 @pytest.mark.parametrize(("field", "value"), [("maxvmem", "nan"), ("maxvmem", "inf"), ("ru_maxrss", "1e400")])
 def test_accounting_nonfinite_usage_is_a_cluster_error(field: str, value: str) -> None:
-    with pytest.raises(ClusterError):
+    """Was ValueError/OverflowError from round(): AccountingReader._scan catches only ClusterError, so one such line
+    in the scanned window failed every lookup."""
+    with pytest.raises(ClusterError, match=rf"^accounting: field {field} "):
         parse_accounting_line(minimal_accounting_line(**{field: value}))
+
+
+@given(
+    st.sampled_from(["ru_maxrss", "maxvmem", "ru_wallclock", "cpu", "start_time", "end_time"]),
+    st.sampled_from(NONFINITE) | st.integers(2**63, 10**300).map(str),
+)
+def test_accounting_numbers_past_any_count_are_a_cluster_error_naming_the_field(field: str, value: str) -> None:
+    line = minimal_accounting_line(**{field: value})
+    try:
+        info = parse_accounting_line(line)
+    except ClusterError as exc:
+        assert str(exc).startswith(f"accounting: field {field} "), str(exc)
+        return
+    # Only a time may be that large (seconds, as a float); a byte count must fit the database's BIGINT.
+    assert field not in ("ru_maxrss", "maxvmem") and math.isfinite(float(value))
+    assert info.maxrss_bytes is not None and abs(info.maxrss_bytes) < 2**63
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -739,7 +732,7 @@ def test_queue_limits_follow_the_documented_rules(
 qconf_garbage = st.one_of(
     st.text(max_size=30),
     st.sampled_from(["INFINITY", "NONE", "1,[vm=2]", "1,[", "[vm=]", "2G", "48:00:00", "-1", "0", "1.5", "²"]),
-    st.integers(-(10**6), 10**300).map(str),  # beyond 10**308 a known bug: see the test below
+    st.integers(-(10**6), 10**400).map(str),
 )
 
 
@@ -758,13 +751,9 @@ def test_queue_limits_garbage_raises_only_cluster_error(
     assert limits.name == "all.q"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG parsers.parse_queue_limits/_largest: a whole number too large for a float (slots or h_rt with "
-    "more than 308 digits) makes float(int(...)) raise OverflowError, which _largest does not turn into "
-    "ClusterError (it catches ResourceError and ValueError only); parse_runtime raises the OverflowError itself",
-)
-@pytest.mark.parametrize(("attribute", "digits"), [("slots", 309), ("h_rt", 309)])
+@pytest.mark.parametrize(("attribute", "digits"), [("slots", 309), ("h_rt", 309), ("h_vmem", 400), ("h_rt", 5000)])
 def test_queue_limits_huge_numbers_are_a_cluster_error(attribute: str, digits: int) -> None:
-    with pytest.raises(ClusterError):
+    """Was OverflowError: float(int(...)) of a whole number past the float range, which _largest did not turn into
+    ClusterError (it caught ResourceError and ValueError only); parse_runtime raised it itself."""
+    with pytest.raises(ClusterError, match=f"^qconf: unreadable {attribute} value"):
         parse_queue_limits(f"qname all.q\n{attribute} {'9' * digits}\n")

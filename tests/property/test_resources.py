@@ -1,7 +1,8 @@
 """Properties of compute resources: parsing and formatting round trips, errors that name their field, scaling.
 
 Whatever a DAG author writes must either parse or raise :class:`ResourceError` (a ``ValueError``) whose message
-starts with the field; resource scales are checked without being consumed, and scaling never shrinks a request.
+starts with the field; a request is at most the module's bounds (1 PiB, 10 years, 1,000,000 cores); resource scales
+are checked without being consumed, and scaling never shrinks a request nor grows it past those bounds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from hypothesis import strategies as st
 from jobmon_airflow.resources import (
     DEFAULT_RESOURCE_SCALES,
     KNOWN_KEYS,
+    MAX_CORES,
+    MAX_MEMORY_GIB,
+    MAX_RUNTIME_S,
+    MAX_SCALE_FACTOR,
     SCALABLE_KEYS,
     ResourceError,
     Resources,
@@ -39,21 +44,10 @@ UNIT_GIB = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 gib_values = st.floats(min_value=MIB / 4, max_value=1e6, allow_nan=False, allow_infinity=False)
-seconds = st.integers(1, 10**9)
+seconds = st.integers(1, MAX_RUNTIME_S)
 names = st.from_regex(r"[A-Za-z0-9_.@-]{1,20}", fullmatch=True)
+BOUNDS: dict[str, float] = {"cores": MAX_CORES, "memory": MAX_MEMORY_GIB, "runtime": MAX_RUNTIME_S}
 field_names = st.sampled_from(["memory", "compute_resources.memory", "tasks[3].compute_resources.runtime", "x"])
-
-
-def _overflow_class(value: Any) -> bool:
-    """Inputs of the known bug pinned by ``test_huge_or_odd_numbers_raise_resource_error``: numbers beyond the
-    float range and digits Python's int() does not take (superscripts) escape as OverflowError / ValueError."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return abs(value) >= 2**1023
-    if isinstance(value, Fraction):
-        return abs(value) >= 2**1023
-    if isinstance(value, str):
-        return any(c.isdigit() and not c.isdecimal() for c in value) or re.search(r"\d{300}", value) is not None
-    return False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -80,6 +74,10 @@ def test_memory_units(number: int | str, unit: str, suffix: str, lower: bool, pa
     text = f"{pad}{number}{pad}{unit.lower() if lower else unit}{suffix}{pad}"
     gib = float(number) * UNIT_GIB[unit]
     assume(gib > 0)
+    if gib > MAX_MEMORY_GIB:  # more than 1 PiB: refused, saying so
+        with pytest.raises(ResourceError, match=r"^memory: at most 1 PiB"):
+            parse_memory(text)
+        return
     assert parse_memory(text) == pytest.approx(gib, rel=1e-12)
     assert parse_memory(str(number)) == pytest.approx(float(number))  # a bare number is GiB
     assert parse_memory(gib) == gib
@@ -95,14 +93,21 @@ def test_runtime_format_parse_round_trip(s: int) -> None:
 
 @given(st.integers(1, 10**6), st.sampled_from(sorted(UNIT_S)), st.booleans(), st.integers(0, 59), st.integers(0, 59))
 def test_runtime_units_and_clock_forms(n: int, unit: str, upper: bool, minutes: int, secs: int) -> None:
-    assert parse_runtime(f"{n}{unit.upper() if upper else unit}") == n * UNIT_S[unit]
-    assert parse_runtime(f" {n}.5{unit} ") == math.ceil(n * UNIT_S[unit] + 0.5 * UNIT_S[unit])
+    for text, expected in [
+        (f"{n}{unit.upper() if upper else unit}", n * UNIT_S[unit]),
+        (f" {n}.5{unit} ", math.ceil(n * UNIT_S[unit] + 0.5 * UNIT_S[unit])),
+        (f"{n}:{minutes:02d}:{secs:02d}", n * 3600 + minutes * 60 + secs),
+    ]:
+        if expected > MAX_RUNTIME_S:  # more than 10 years: refused, saying so
+            with pytest.raises(ResourceError, match=r"^runtime: at most 10 years"):
+                parse_runtime(text)
+        else:
+            assert parse_runtime(text) == expected
     if minutes or secs:
         assert parse_runtime(f"{minutes}:{secs:02d}") == minutes * 60 + secs  # MM:SS
-    assert parse_runtime(f"{n}:{minutes:02d}:{secs:02d}") == n * 3600 + minutes * 60 + secs
 
 
-@given(st.floats(min_value=1e-9, max_value=1e12))
+@given(st.floats(min_value=1e-9, max_value=MAX_RUNTIME_S))
 def test_runtime_rounds_numbers_up_to_whole_seconds(value: float) -> None:
     parsed = parse_runtime(value)
     assert isinstance(parsed, int)
@@ -163,29 +168,26 @@ def assert_resource_error_or(fn: Any, value: Any, field: str) -> Any:
 @example("", "memory")
 @example("1e3G", "memory")
 def test_parse_memory_anything_is_gib_or_resource_error(value: Any, field: str) -> None:
-    assume(not _overflow_class(value))
     gib = assert_resource_error_or(parse_memory, value, field)
-    assert gib is None or (isinstance(gib, float) and math.isfinite(gib) and gib > 0)
+    assert gib is None or (isinstance(gib, float) and 0 < gib <= MAX_MEMORY_GIB)
 
 
 @given(anything, field_names)
 @example("1:60:00", "runtime")
 @example("0", "runtime")
 def test_parse_runtime_anything_is_seconds_or_resource_error(value: Any, field: str) -> None:
-    assume(not _overflow_class(value))
     s = assert_resource_error_or(parse_runtime, value, field)
-    assert s is None or (isinstance(s, int) and s >= 1)
+    assert s is None or (isinstance(s, int) and 1 <= s <= MAX_RUNTIME_S)
 
 
 @given(anything, field_names)
 def test_parse_cores_anything_is_cores_or_resource_error(value: Any, field: str) -> None:
     cores = assert_resource_error_or(parse_cores, value, field)
-    assert cores is None or (isinstance(cores, int) and cores >= 1)
+    assert cores is None or (isinstance(cores, int) and 1 <= cores <= MAX_CORES)
 
 
 @given(st.sampled_from(sorted(KNOWN_KEYS)), anything, st.sampled_from(["compute_resources", "t.default_resources"]))
 def test_resources_parse_names_the_bad_key(key: str, value: Any, field: str) -> None:
-    assume(not _overflow_class(value))
     try:
         parsed = Resources.parse({key: value}, field)
     except ResourceError as exc:
@@ -198,7 +200,6 @@ def test_resources_parse_names_the_bad_key(key: str, value: Any, field: str) -> 
     st.dictionaries(st.sampled_from(sorted(KNOWN_KEYS)) | st.text(max_size=8), anything, max_size=6),
 )
 def test_resources_parse_anything_is_resources_or_resource_error(requested: dict[str, Any]) -> None:
-    assume(not any(_overflow_class(v) for v in requested.values()))
     try:
         parsed = Resources.parse(requested)
     except ResourceError as exc:
@@ -210,19 +211,31 @@ def test_resources_parse_anything_is_resources_or_resource_error(requested: dict
     assert parsed == Resources.parse(parsed.to_dict())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources.parse_runtime/parse_memory: numbers beyond the float range (an int ≥ 2**1024, a digit "
-    "string of more than 308 digits for runtime) raise OverflowError from float()/math.isfinite(); a string of "
-    "isdigit() characters int() refuses ('²') or of more than 4300 digits raises a bare ValueError "
-    "('invalid literal for int()'); none is a ResourceError naming the field",
-)
 @pytest.mark.parametrize(
     ("fn", "value"),
-    [("runtime", "²"), ("runtime", "9" * 400), ("runtime", "9" * 5000), ("resources", 10**400)],
-    ids=["superscript", "400-digits", "5000-digits", "Resources-memory-int"],
+    [
+        ("runtime", "²"),
+        ("runtime", "9" * 400),
+        ("runtime", "9" * 5000),
+        ("runtime", 10**400),
+        ("memory", "9" * 5000),
+        ("memory", 10**400),
+        ("resources", 10**400),
+    ],
+    ids=[
+        "superscript",
+        "400-digits",
+        "5000-digits",
+        "runtime-int",
+        "memory-5000-digits",
+        "memory-int",
+        "Resources-memory-int",
+    ],
 )
 def test_huge_or_odd_numbers_raise_resource_error(fn: str, value: Any) -> None:
+    """Were OverflowError (numbers past the float range: an int ≥ 2**1024, more than 308 digits) and a bare
+    ValueError from int() ('²', which str.isdigit() takes; more than 4300 digits), not ResourceError naming the
+    field."""
     with pytest.raises(ResourceError, match=r"^compute_resources\.(runtime|memory): "):
         if fn == "runtime":
             parse_runtime(value, "compute_resources.runtime")
@@ -232,10 +245,27 @@ def test_huge_or_odd_numbers_raise_resource_error(fn: str, value: Any) -> None:
             Resources.parse({"memory": value})
 
 
+@given(
+    st.sampled_from(["cores", "memory", "runtime"]), st.integers(1, 10**400), st.sampled_from(["int", "str", "float"])
+)
+@example("runtime", 1, "str")
+@example("memory", 10**400, "int")
+def test_values_past_the_bounds_raise_resource_error_saying_so(key: str, excess: int, form: str) -> None:
+    bound = BOUNDS[key]
+    value: Any = int(bound) + excess
+    if form == "str":
+        value = str(value)
+    elif form == "float" and key != "cores":  # a float is no number of cores at all
+        value = float(min(value, 10**300))
+    with pytest.raises(ResourceError, match=rf"^compute_resources\.{key}: at most "):
+        Resources.parse({key: value})
+    assert Resources.parse({key: bound}).to_dict()[key] == bound  # the bound itself is accepted
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Scaling
 
-factors = st.floats(min_value=0, max_value=100) | st.integers(0, 100)
+factors = st.floats(min_value=0, max_value=MAX_SCALE_FACTOR) | st.integers(0, int(MAX_SCALE_FACTOR))
 scale_specs = factors | st.lists(factors, min_size=1, max_size=5) | st.lists(factors, min_size=1, max_size=5).map(tuple)
 scales_maps = st.dictionaries(st.sampled_from(sorted(SCALABLE_KEYS)), scale_specs)
 small_resources = st.builds(
@@ -263,6 +293,9 @@ def test_scaling_never_shrinks_and_follows_the_formula(r: Resources, scales: dic
             assert new == old
             continue
         grown = old * (1 + factor_for(effective[key], retry))
+        if grown >= BOUNDS[key]:  # capped at what a request may ask for
+            assert new == BOUNDS[key]
+            continue
         if key == "memory":
             assert new == math.ceil(grown * 1024) / 1024 and (new * 1024).is_integer()
             assert grown <= new < grown + MIB
@@ -299,10 +332,6 @@ def test_scales_are_never_consumed_and_validate_to_json(scales: dict[str, Any], 
     assert scale_resources(r, json.loads(json.dumps(clean)), retry) == first
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | Fraction) and not isinstance(value, bool)
-
-
 def _iterator() -> Iterator[float]:
     return iter([0.5])
 
@@ -323,11 +352,6 @@ any_scales = st.one_of(
 
 @given(any_scales, st.integers(1, 3))
 def test_bad_scales_raise_only_resource_error_naming_the_field(scales: Any, retry: int) -> None:
-    assume(not _overflow_class(scales))
-    if isinstance(scales, dict):
-        specs = [s for spec in scales.values() for s in (spec if isinstance(spec, list | tuple) else [spec])]
-        # Factors past 1e6 may overflow the scaled value: the known bug pinned below.
-        assume(not any(_overflow_class(s) or (_is_number(s) and abs(s) > 1e6) for s in specs))
     try:
         validated = validate_resource_scales(scales)
     except ResourceError as exc:
@@ -336,18 +360,38 @@ def test_bad_scales_raise_only_resource_error_naming_the_field(scales: Any, retr
             scale_resources(Resources(), scales, retry)
         return
     assert validated is None or json.loads(json.dumps(validated)) == validated
-    scaled = scale_resources(Resources(), scales, retry)  # what validates also scales (finite factors ≤ 1e6)
+    scaled = scale_resources(Resources(), scales, retry)  # what validates also scales (factors 0 to 100)
     assert scaled.memory >= Resources().memory
+    assert Resources.parse(scaled.to_dict()) == scaled  # and the result is a request that parses again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources.validate_resource_scales/scale_resources: any finite factor ≥ 0 is accepted, but a large "
-    "one (or a large request) overflows: (1 + 1e308) × 1 GiB × 1024 is inf and math.ceil(inf) raises OverflowError "
-    "in scale_resources (at retry time, not at DAG parse); validate_resource_scales({'memory': 10**400}) raises "
-    "OverflowError from float() instead of ResourceError",
+@pytest.mark.parametrize(
+    "scales",
+    [{"memory": [0.5, 1e308]}, {"memory": 10**400}, {"runtime": Fraction(10**400)}, {"runtime": 100.5}],
+    ids=["finite-factor", "huge-int", "huge-fraction", "over-100"],
 )
-@pytest.mark.parametrize("scales", [{"memory": [0.5, 1e308]}, {"memory": 10**400}], ids=["finite-factor", "huge-int"])
 def test_overflowing_scales_raise_resource_error(scales: dict[str, Any]) -> None:
+    """Were accepted at DAG parse and overflowed at retry time (math.ceil(inf): OverflowError), or raised
+    OverflowError from float() (10**400); a factor above 100 (+10,000 % per retry) cannot be meant."""
+    with pytest.raises(ResourceError, match=r"^resource_scales\.(memory|runtime)"):
+        validate_resource_scales(scales)
     with pytest.raises(ResourceError, match=r"^resource_scales\.(memory|runtime)"):
         scale_resources(Resources(), scales, retry=2)
+
+
+@given(
+    st.builds(
+        Resources,
+        cores=st.integers(1, MAX_CORES),
+        memory=st.floats(min_value=MIB / 4, max_value=MAX_MEMORY_GIB),
+        runtime=st.integers(1, MAX_RUNTIME_S),
+    ),
+    scales_maps,
+    st.integers(1, 12),
+)
+def test_scaling_stays_within_the_bounds(r: Resources, scales: dict[str, Any], retry: int) -> None:
+    """Any request and any accepted factor: never an OverflowError, at most the bounds, parseable again (the next
+    retry parses the stored request before scaling it)."""
+    scaled = scale_resources(r, scales, retry)
+    assert scaled.cores <= MAX_CORES and scaled.memory <= MAX_MEMORY_GIB and scaled.runtime <= MAX_RUNTIME_S
+    assert Resources.parse(scaled.to_dict()) == scaled

@@ -13,11 +13,11 @@ instantiate, store the job id); then any interleaving of what reports on them:
 
 Any call may be refused with :class:`IllegalTransition` (or :class:`NotFound`); a refused call changes nothing.
 After every call: every status write that happened (recorded by SQLite triggers, not only the statuses before and
-after) is a transition of Jobmon's state machines, an ended instance stays ended, and each task follows its newest
-instance. Any other exception fails the test.
+after) is a transition of Jobmon's state machines, with no exception (``end_killed`` included), an ended instance
+stays ended, and each task follows its newest instance. Any other exception fails the test.
 
-The ends that hit a known bug (a killed instance ending D or F leaves its task behind) are skipped in the machine
-and pinned by ``test_a_killed_instance_that_ends_moves_its_task`` below; drop ``_known_bug`` once it is fixed.
+A killed instance that ends D or F while its task lags behind (Q/I/O) once left the task there; that is pinned by
+``test_a_killed_instance_that_ends_moves_its_task`` below, and the machine takes those ends like any other.
 Calls made are printed per call, ok/refused (``pytest -rP``).
 """
 
@@ -57,8 +57,6 @@ from tests.property import fuzz_examples
 TIS, TS = TaskInstanceStatus, TaskStatus
 TI_VALID = states.TASK_INSTANCE_FSM.valid
 TASK_VALID = states.TASK_FSM.valid
-#: Task writes that bypass the task FSM on purpose: end_killed ends a task killed before it was ever submitted (Q).
-TASK_BYPASSES = frozenset({(TS.QUEUED, TS.ERROR_FATAL)})
 #: Instances that have ended: nothing moves them again but X → E (Jobmon's no-heartbeat error).
 ENDED = frozenset("DEFUXZ")
 #: Statuses a single call may pass through on its way (apply_outcome O→R→D, X→E; a fatal end R→T→F; T→R→D).
@@ -195,7 +193,7 @@ class ReporterRace(RuleBasedStateMachine):
             if tbl == "task_instance":
                 assert (old, new) in TI_VALID, f"{what}: instance {row} moved {old} → {new}, not in the FSM"
             else:
-                assert (old, new) in TASK_VALID | TASK_BYPASSES, f"{what}: task {row} moved {old} → {new}"
+                assert (old, new) in TASK_VALID, f"{what}: task {row} moved {old} → {new}"
         for ti, (now, _) in after.instances.items():
             if ti not in before.instances or before.instances[ti][0] == now:
                 continue
@@ -249,16 +247,6 @@ class ReporterRace(RuleBasedStateMachine):
             if status == TS.DONE:
                 assert ti_status == TIS.DONE, where
 
-    def _known_bug(self, ti: int, end: str) -> bool:
-        """Ends that hit the known bug pinned by ``test_a_killed_instance_that_ends_moves_its_task``: the newest
-        instance in K ends D while its task is Q/I/O (D follows only from R), or F while its task is Q (the error
-        path starts only from I/O/R/E): the task is left behind. Skipped here, so the machine can look further."""
-        status, task_id = self.snapshot.instances[ti]
-        if status != TIS.KILL_SELF or self.snapshot.newest(task_id) != ti:
-            return False
-        task_status = self.snapshot.tasks[task_id][0]
-        return (end == TIS.DONE and task_status in "QIO") or (end == TIS.ERROR_FATAL and task_status == TS.QUEUED)
-
     # -- the worker node (through the State Manager) -----------------------------------------------------------
     @rule(ti=instances)
     def log_running(self, ti: int) -> None:
@@ -281,14 +269,10 @@ class ReporterRace(RuleBasedStateMachine):
 
     @rule(ti=instances)
     def log_done(self, ti: int) -> None:
-        if self._known_bug(ti, TIS.DONE):
-            return
         self._step("log_done", f"log_done({ti})", lambda: self.svc.reports.log_done(ti, "node", Usage(wallclock_s=1.0)))
 
     @rule(ti=instances, state=st.sampled_from("EZFU"), exit_status=st.sampled_from([1, 137, 198, None]))
     def log_error(self, ti: int, state: str, exit_status: int | None) -> None:
-        if self._known_bug(ti, state):
-            return
         self._step(
             "log_error",
             f"log_error({ti}, {state})",
@@ -298,8 +282,6 @@ class ReporterRace(RuleBasedStateMachine):
     # -- the watchers ------------------------------------------------------------------------------------------
     @rule(ti=instances, status=st.sampled_from("DEZUXF"))
     def apply_outcome(self, ti: int, status: str) -> None:
-        if self._known_bug(ti, status):
-            return
         self._step(
             "apply_outcome",
             f"apply_outcome({ti}, {status})",
@@ -408,7 +390,7 @@ _COUNTER = itertools.count()
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Known bugs, pinned with their minimal sequences (found by the machine above)
+# Bugs the machine above found, pinned with their minimal sequences
 
 
 def one_task(svc: Services, stage: str, max_attempts: int = 3) -> tuple[int, int]:
@@ -433,20 +415,17 @@ def services(tmp_path: Path) -> Services:
     return Services.for_engine(engine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG service.core: an instance killed (→ K) before it reported running ends K → D or K → F, both legal, "
-    "but its task is not moved: D follows only from a task in R (TASK_FSM sources of D), and the error path "
-    "(_tasks_after_instance_error) only from I/O/R/E. E.g. the State Manager missed log_running (the worker runs "
-    "the command anyway), a kill arrives (O → K), the worker's log_done lands before end_killed: instance D, task "
-    "stuck in O (end_killed finds no K instance), the run ends FAILED with the task SCHEDULED",
-)
 @pytest.mark.parametrize(
     ("stage", "end"),
-    [("O", "D"), ("I", "D"), ("Q", "D"), ("Q", "F")],
-    ids=["launched-done", "instantiated-done", "queued-done", "queued-fatal"],
+    [("O", "D"), ("I", "D"), ("Q", "D"), ("Q", "F"), ("I", "F"), ("O", "F")],
+    ids=["launched-done", "instantiated-done", "queued-done", "queued-fatal", "instantiated-fatal", "launched-fatal"],
 )
 def test_a_killed_instance_that_ends_moves_its_task(services: Services, stage: str, end: str) -> None:
+    """An instance killed (→ K) before it reported running ends K → D or K → F, both legal; its task was left
+    behind: D followed only from a task in R, the error path only from I/O/R/E. E.g. the State Manager missed
+    log_running (the worker runs the command anyway), a kill arrives (O → K), the worker's log_done lands before
+    end_killed: instance D, task stuck in O, the run ended FAILED with the task SCHEDULED. The task now catches up
+    through legal steps (the audit of the machine above checks every write)."""
     task, ti = one_task(services, stage)
     services.lifecycle.request_kill([ti])
     if end == "D":
@@ -479,13 +458,9 @@ def test_an_unknown_instance_is_not_found(services: Services, call: str) -> None
         UNKNOWN_INSTANCE_CALLS[call](services)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG service.reports/lifecycle: for an instance id with no row, log_report_by (scalar_one), log_done "
-    "(finish_instance's .one()) and apply_outcome (status_of's scalar_one) raise sqlalchemy.exc.NoResultFound, "
-    "not NotFound as log_running, log_error and the transitions do (the State Manager maps NotFound to 404)",
-)
 @pytest.mark.parametrize("call", sorted(UNKNOWN_INSTANCE_BUGS))
 def test_an_unknown_instance_is_not_found_everywhere(services: Services, call: str) -> None:
+    """Were sqlalchemy.exc.NoResultFound (scalar_one, finish_instance's .one(), status_of's scalar_one), not
+    NotFound as log_running, log_error and the transitions raise (the State Manager maps NotFound to 404)."""
     with pytest.raises(NotFound):
         UNKNOWN_INSTANCE_BUGS[call](services)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 
 import pytest
 
 from jobmon_airflow.resources import (
     DEFAULT_RESOURCE_SCALES,
+    MAX_CORES,
+    MAX_MEMORY_GIB,
+    MAX_RUNTIME_S,
     QueueLimits,
     ResourceError,
     Resources,
@@ -99,6 +104,63 @@ def test_parse_cores(value: object, cores: int) -> None:
 def test_parse_cores_rejects(value: object) -> None:
     with pytest.raises(ResourceError, match=r"^compute_resources\.cores: "):
         parse_cores(value, "compute_resources.cores")
+
+
+# --- huge and odd numbers, and the bounds of a request ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("parse", "value"),
+    [
+        (parse_runtime, "²"),  # str.isdigit() takes it, int() does not
+        (parse_runtime, "9" * 400),  # past the float range
+        (parse_runtime, "9" * 5000),  # past int()'s 4300 digits
+        (parse_runtime, "9" * 5000 + ":00:00"),
+        (parse_runtime, "9" * 400 + "h"),
+        (parse_runtime, 10**400),
+        (parse_memory, 10**400),
+        (parse_memory, "9" * 5000 + "G"),
+        (parse_cores, "9" * 5000),
+        (parse_cores, 10**400),
+    ],
+)
+def test_huge_or_odd_numbers_are_a_resource_error_naming_the_field(parse: Callable[..., object], value: object) -> None:
+    """Were OverflowError or a bare ValueError from float()/int(), not ResourceError naming the field."""
+    with pytest.raises(ResourceError, match=r"^compute_resources\.x: "):
+        parse(value, "compute_resources.x")
+
+
+def test_resources_parse_of_a_huge_int_names_the_field() -> None:
+    with pytest.raises(ResourceError, match=r"^compute_resources\.memory: at most 1 PiB"):
+        Resources.parse({"memory": 10**400})
+
+
+@pytest.mark.parametrize(
+    ("requested", "message"),
+    [
+        ({"memory": "1025T"}, r"^compute_resources\.memory: at most 1 PiB \(1,048,576 GiB\), got '1025T'"),
+        ({"memory": MAX_MEMORY_GIB * 2}, r"^compute_resources\.memory: at most 1 PiB"),
+        ({"runtime": "3651d"}, r"^compute_resources\.runtime: at most 10 years \(315,360,000 seconds\)"),
+        ({"runtime": MAX_RUNTIME_S + 1}, r"^compute_resources\.runtime: at most 10 years"),
+        ({"runtime": "87601:00:00"}, r"^compute_resources\.runtime: at most 10 years"),
+        ({"cores": MAX_CORES + 1}, r"^compute_resources\.cores: at most 1,000,000 cores"),
+        ({"cores": "1000001"}, r"^compute_resources\.cores: at most 1,000,000 cores"),
+    ],
+)
+def test_requests_past_the_bounds_are_refused_saying_so(requested: dict[str, object], message: str) -> None:
+    with pytest.raises(ResourceError, match=message):
+        Resources.parse(requested)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    r = Resources.parse({"memory": "1024T", "runtime": "3650d", "cores": MAX_CORES})
+    assert (r.memory, r.runtime, r.cores) == (MAX_MEMORY_GIB, MAX_RUNTIME_S, MAX_CORES)
+    assert parse_runtime("١٢") == 12  # digits of other scripts are still digits
+
+
+def test_a_cluster_limit_is_not_held_to_the_bounds() -> None:
+    assert parse_runtime("1000000:00:00", bounded=False) == 3_600_000_000
+    assert parse_memory("2000000G", bounded=False) == 2_000_000
+    with pytest.raises(ResourceError, match=r"^h_rt: too large to be a number"):
+        parse_runtime("9" * 400, "h_rt", bounded=False)
 
 
 # --- Resources.parse ------------------------------------------------------------------------------------------------
@@ -322,6 +384,36 @@ def test_validate_resource_scales_rejects_naming_the_field(spec: object, field: 
     with pytest.raises(ResourceError) as exc:
         validate_resource_scales({"memory": spec})
     assert str(exc.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (100.5, "resource_scales.memory"),
+        (1e308, "resource_scales.memory"),
+        (10**400, "resource_scales.memory"),  # float() of it: OverflowError
+        (Fraction(10**400), "resource_scales.memory"),
+        ([0.5, 1e308], "resource_scales.memory[1]"),
+    ],
+)
+def test_validate_resource_scales_refuses_factors_that_cannot_be_meant(spec: object, field: str) -> None:
+    """A factor above 100 (+10,000 % per retry) was accepted, then overflowed at retry time (math.ceil(inf)), or
+    float() raised OverflowError; now refused when the DAG is parsed."""
+    with pytest.raises(ResourceError, match=rf"^{re.escape(field)}: at most 100 "):
+        validate_resource_scales({"memory": spec})
+    with pytest.raises(ResourceError, match=rf"^{re.escape(field)}: "):
+        scale_resources(Resources(), {"memory": spec}, retry=2)  # type: ignore[dict-item]
+    assert validate_resource_scales({"memory": 100}) == {"memory": 100.0}  # +10,000 % is still allowed
+
+
+def test_scaling_stops_at_the_bounds_of_a_request() -> None:
+    huge = Resources(cores=MAX_CORES // 2, memory=MAX_MEMORY_GIB / 2, runtime=MAX_RUNTIME_S // 2)
+    scaled = scale_resources(huge, {"cores": 100, "memory": 100, "runtime": 100})
+    assert (scaled.cores, scaled.memory, scaled.runtime) == (MAX_CORES, MAX_MEMORY_GIB, MAX_RUNTIME_S)
+    assert Resources.parse(scaled.to_dict()) == scaled  # the next retry parses the stored request
+    # A Resources built without parsing (past the bounds, even past the float range after scaling) never overflows.
+    scaled = scale_resources(Resources(memory=1e308, runtime=10**400), {"memory": 100, "runtime": 100})
+    assert (scaled.memory, scaled.runtime) == (1e308, 10**400)
 
 
 @pytest.mark.parametrize("scales", [[0.5], "memory", 0.5])

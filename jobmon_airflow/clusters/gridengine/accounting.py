@@ -9,6 +9,7 @@ unit (``reference/gridengine.md`` §5.3), and one read serves many jobs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -177,11 +178,26 @@ def classify_exit(
     return ExitKind.ERROR, None, f"Grid Engine {failed_text} (exit status {exit_status})"
 
 
+#: Byte counts are stored in BIGINT columns (task_instance.maxrss): a larger one is no count Grid Engine wrote.
+MAX_BYTES = 2**63 - 1
+
+
 def _float(fields: Mapping[str, str], key: str) -> float:
+    """A numeric field; ClusterError naming it when it is not a finite number ('nan', 'inf', '1e400')."""
     try:
-        return float(fields[key])
+        value = float(fields[key])
     except ValueError:
-        raise ClusterError(f"accounting: field {key} is not a number: {fields[key]!r}") from None
+        raise ClusterError(f"accounting: field {key} is not a number: {fields[key][:200]!r}") from None
+    if not math.isfinite(value):
+        raise ClusterError(f"accounting: field {key} is not a finite number: {fields[key][:200]!r}")
+    return value
+
+
+def _bytes(fields: Mapping[str, str], key: str, value: float) -> int:
+    """Field ``key``'s ``value`` in bytes as a whole number that fits a BIGINT column, or ClusterError naming it."""
+    if abs(value) > MAX_BYTES:
+        raise ClusterError(f"accounting: field {key} is too large for a byte count: {fields[key][:200]!r}")
+    return round(value)
 
 
 def parse_accounting_line(line: str, memory_resource: str = "h_vmem") -> ExitInfo:
@@ -213,17 +229,20 @@ def parse_accounting_line(line: str, memory_resource: str = "h_vmem") -> ExitInf
 
     requests = parse_category(fields["category"])
     try:
-        h_rt_s = float(parse_runtime(requests["h_rt"])) if "h_rt" in requests else None
+        # What the job asked for, as Grid Engine enforced it: not held to the bounds of a Jobmon request.
+        h_rt_s = float(parse_runtime(requests["h_rt"], bounded=False)) if "h_rt" in requests else None
         # h_vmem is requested per slot; the job's limit (its RLIMIT_AS) is that times its slots.
         per = slots if memory_resource == "h_vmem" else 1
         memory = requests.get(memory_resource)
-        memory_limit = parse_memory(memory) * 1024**3 * per if memory is not None else None
+        memory_limit = parse_memory(memory, bounded=False) * 1024**3 * per if memory is not None else None
     except ResourceError as exc:
         raise ClusterError(
             f"accounting: job {job_id}: unreadable request in category {fields['category']!r}: {exc}"
         ) from None
     wallclock = _float(fields, "ru_wallclock")
     maxvmem = _float(fields, "maxvmem")
+    maxvmem_bytes = _bytes(fields, "maxvmem", maxvmem)
+    maxrss_bytes = _bytes(fields, "ru_maxrss", _float(fields, "ru_maxrss") * 1024)  # KB in the file
     kind, resource, reason = classify_exit(
         fields["failed"],
         exit_status,
@@ -241,8 +260,8 @@ def parse_accounting_line(line: str, memory_resource: str = "h_vmem") -> ExitInf
         reason=reason,
         resource=resource,
         hostname=fields["hostname"],
-        maxrss_bytes=round(_float(fields, "ru_maxrss") * 1024),
-        maxvmem_bytes=round(maxvmem),
+        maxrss_bytes=maxrss_bytes,
+        maxvmem_bytes=maxvmem_bytes,
         wallclock_s=wallclock,
         cpu_s=_float(fields, "cpu"),
         start_time=start or None,  # 0 when the job never started
@@ -253,9 +272,14 @@ def parse_accounting_line(line: str, memory_resource: str = "h_vmem") -> ExitInf
 
 
 def parse_accounting(text: str, memory_resource: str = "h_vmem") -> dict[str, ExitInfo]:
-    """All records of raw accounting text by job id; a later record of the same id wins; '#' lines are skipped."""
+    """All records of raw accounting text by job id; a later record of the same id wins; '#' lines are skipped.
+
+    Records end at '\\n' only (as :class:`AccountingReader` reads them), a trailing '\\r' dropped: a free field
+    (a job name) may hold any other line break str.splitlines() would split at ('\\f', '\\x85', '\\u2028', …).
+    """
     out: dict[str, ExitInfo] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.removesuffix("\r")
         if not line.strip() or line.startswith("#"):
             continue
         try:

@@ -179,16 +179,27 @@ def _queue_values(value: str) -> list[str]:
 
 
 def _largest(values: Iterable[str], parse: Callable[[str], float], what: str) -> float | None:
-    """The largest of limit values; None (unlimited) when any is INFINITY."""
+    """The largest of limit values; None (unlimited) when any is INFINITY; ClusterError for a value that is not
+    a number, or one too large to be one (a whole number past the float range)."""
     parsed = []
     for value in values:
         if value.upper() == "INFINITY":
             return None
         try:
             parsed.append(float(parse(value)))
-        except (ResourceError, ValueError):
-            raise ClusterError(f"qconf: unreadable {what} value {value!r}") from None
+        except (ResourceError, ValueError, OverflowError):
+            raise ClusterError(f"qconf: unreadable {what} value {value[:200]!r}") from None
     return max(parsed) if parsed else None
+
+
+def _memory_limit(value: str) -> float:
+    """A memory limit as the cluster states it: any finite amount (a job's request is bounded, a queue's not)."""
+    return parse_memory(value, bounded=False)
+
+
+def _runtime_limit(value: str) -> float:
+    """A runtime limit as the cluster states it: any finite time."""
+    return parse_runtime(value, bounded=False)
 
 
 def parse_queue_limits(
@@ -211,9 +222,9 @@ def parse_queue_limits(
         pe_slots = _largest([parse_qconf_object(pe_text).get("slots", "INFINITY")], int, "pe slots")
         if pe_slots is not None:
             cores = pe_slots if cores is None else min(cores, pe_slots)
-    runtime = _largest(_queue_values(queue.get("h_rt", "INFINITY")), parse_runtime, "h_rt")
+    runtime = _largest(_queue_values(queue.get("h_rt", "INFINITY")), _runtime_limit, "h_rt")
     memory_bounds: list[float] = []
-    per_slot = _largest(_queue_values(queue.get("h_vmem", "INFINITY")), parse_memory, "h_vmem")
+    per_slot = _largest(_queue_values(queue.get("h_vmem", "INFINITY")), _memory_limit, "h_vmem")
     if per_slot is not None and cores is not None:
         memory_bounds.append(per_slot * cores)
     host_memory = []
@@ -223,7 +234,7 @@ def parse_queue_limits(
             if key == "h_vmem":
                 host_memory.append(value)
     if host_memory:
-        largest_host = _largest(host_memory, parse_memory, "host h_vmem")
+        largest_host = _largest(host_memory, _memory_limit, "host h_vmem")
         if largest_host is not None:
             memory_bounds.append(largest_host)
     return QueueLimits(

@@ -424,6 +424,50 @@ def test_accounting_text_error_names_the_line() -> None:
         parse_accounting(data("accounting_done.txt") + "truncated:line\n")
 
 
+def with_field(line: str, index: int, value: str) -> str:
+    """The recorded line with 0-based field ``index`` set to ``value``."""
+    parts = line.strip().split(":")
+    parts[index] = value
+    return ":".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("index", "field", "value", "message"),
+    [
+        (42, "maxvmem", "nan", "not a finite number: 'nan'"),
+        (42, "maxvmem", "inf", "not a finite number: 'inf'"),
+        (16, "ru_maxrss", "1e400", "not a finite number: '1e400'"),
+        (16, "ru_maxrss", "1e300", "too large for a byte count"),  # KB: past 2**63 bytes
+        (42, "maxvmem", str(2**63), "too large for a byte count"),
+        (13, "ru_wallclock", "nan", "not a finite number"),
+    ],
+)
+def test_accounting_non_finite_or_overflowing_numbers_are_a_cluster_error_naming_the_field(
+    index: int, field: str, value: str, message: str
+) -> None:
+    """Non-finite usage passed, then round() raised ValueError/OverflowError, which AccountingReader does not catch:
+    one such line in the scanned window failed every lookup."""
+    with pytest.raises(ClusterError, match=f"^accounting: field {field} is {message}"):
+        parse_accounting_line(with_field(data("accounting_done.txt"), index, value))
+
+
+def test_accounting_reader_skips_a_line_with_non_finite_usage(tmp_path: Path) -> None:
+    done = data("accounting_done.txt").strip()
+    bad = with_field(data("accounting_exit3.txt"), 42, "nan")
+    path = tmp_path / "accounting"
+    path.write_text(f"{done}\n{with_field(bad, 5, done.split(':')[5])}\n")  # the same job, a broken later record
+    assert AccountingReader(path).lookup([done.split(":")[5]])[done.split(":")[5]].kind is ExitKind.DONE
+
+
+@pytest.mark.parametrize("brk", ["\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_accounting_records_end_at_newline_only(brk: str) -> None:
+    """A job name holding a line break other than '\\n' (str.splitlines() broke there) keeps its record whole."""
+    line = with_field(data("accounting_done.txt"), 4, f"a{brk}b")
+    (info,) = parse_accounting(f"# Version: 8.1.9\n{line}\n").values()
+    assert info == parse_accounting_line(line)
+    assert parse_accounting(f"# Version: 8.1.9\r\n{line}\r\n") == {info.job_id: info}  # a trailing '\\r' goes
+
+
 def test_parse_category() -> None:
     assert parse_category("NONE") == {}
     assert parse_category("-l h_rt=3,h_vmem=200M -pe smp 2") == {"h_rt": "3", "h_vmem": "200M"}
@@ -505,6 +549,22 @@ def test_queue_limits_with_host_overrides_and_finite_limits() -> None:
 def test_queue_limits_garbage(text: str, message: str) -> None:
     with pytest.raises(ClusterError, match=message):
         parse_queue_limits(text)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [("slots", "9" * 309), ("h_rt", "9" * 309), ("h_rt", "9" * 5000), ("h_vmem", "9" * 400 + "G")],
+)
+def test_queue_limits_numbers_past_the_float_range_are_a_cluster_error(attribute: str, value: str) -> None:
+    """Were OverflowError (float(int(...)) in _largest, float() in parse_runtime), not the documented ClusterError."""
+    with pytest.raises(ClusterError, match=f"^qconf: unreadable {attribute} value"):
+        parse_queue_limits(f"qname all.q\n{attribute} {value}\n")
+
+
+def test_queue_limits_are_not_held_to_the_bounds_of_a_request() -> None:
+    """A queue may allow more than a job may ask for (10 years, 1 PiB): its limits are read as stated."""
+    limits = parse_queue_limits("qname long.q\nslots 4\nh_rt 1000000:00:00\nh_vmem 2000000G\n")
+    assert (limits.max_cores, limits.max_runtime, limits.max_memory) == (4, 3_600_000_000, 8_000_000)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -734,6 +734,86 @@ def test_job_finishing_after_kill_leaves_instance_and_task_agreeing(world: World
     assert (world.status(TI, ti), world.status(TASK, task)) == ("D", "D")
 
 
+@pytest.mark.parametrize("task_old", ["Q", "I", "O"])
+@pytest.mark.parametrize("end", ["log_done", "apply_outcome_D", "log_error_F", "apply_outcome_F"])
+def test_a_killed_instance_that_ends_before_it_ran_moves_its_task(world: World, task_old: str, end: str) -> None:
+    """Killed (→ K) before it reported running, the instance still ends K → D (it ran anyway: the State Manager
+    missed log_running) or K → F. Its task was left in Q/I/O (D follows only from R, the error path only from
+    I/O/R/E); it now catches up through legal steps (Q → I → O → R → D; Q → I → E → F)."""
+    _, task, ti = world.chain(task_old, task_old)
+    world.svc.lifecycle.request_kill([ti])
+    expected = "F" if end.endswith("F") else "D"
+    if end == "log_done":
+        world.svc.reports.log_done(ti, "node1", None)
+    elif end == "log_error_F":
+        world.svc.reports.log_error(ti, "F", 130, "killed before start", "node1", None)
+    else:
+        world.svc.lifecycle.apply_outcome(ti, expected, exit_status=0 if expected == "D" else 1)
+    assert world.status(TI, ti) == expected
+    assert_moved(world.row(TASK, task), expected)
+    world.svc.lifecycle.end_killed([ti])  # the operator's clean-up after deleting the job: nothing left to do
+    assert (world.status(TI, ti), world.status(TASK, task)) == (expected, expected)
+
+
+def test_killed_instances_that_end_move_their_tasks_with_a_few_statements(world: World) -> None:
+    """Set-based, as every write: 30 lagging tasks (Q, I and O) catch up with a constant number of statements."""
+    wf = world.workflow("R")
+    wfr = world.run(wf, "R")
+    tis = {status: [world.instance(world.task(wf, status), wfr, "K") for _ in range(10)] for status in "QIO"}
+    everyone = [ti for ids in tis.values() for ti in ids]
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    sa.event.listen(world.engine, "before_cursor_execute", record)
+    try:
+        changed = in_session(world.engine, lambda s: core.transition_task_instances(s, everyone, "D"))
+    finally:
+        sa.event.remove(world.engine, "before_cursor_execute", record)
+    assert sorted(changed) == sorted(everyone)
+    assert {world.status(TASK, world.row(TI, ti).task_id) for ti in everyone} == {"D"}
+    writes = [st for st in statements if st.lstrip().upper().startswith(("UPDATE", "SELECT"))]
+    assert len(writes) <= 10, writes  # one per task would be 30 or more
+
+
+def test_end_killed_fails_a_task_killed_before_it_was_submitted_through_legal_steps(world: World) -> None:
+    """Q → I → E → F, as the instance's own K → F takes it (it was a Q → F write that bypassed the task FSM)."""
+    _, task, ti = world.chain("Q", "Q")
+    world.svc.lifecycle.request_kill([ti])
+    written: list[str] = []  # the status each task UPDATE sets, in order
+
+    def record(_conn: Any, clause: Any, *_: Any) -> None:
+        if isinstance(clause, sa.Update) and clause.table is TASK:
+            written.append(clause.compile().params["status"])
+
+    sa.event.listen(world.engine, "before_execute", record)
+    try:
+        world.svc.lifecycle.end_killed([ti])
+    finally:
+        sa.event.remove(world.engine, "before_execute", record)
+    assert_moved(world.row(TASK, task), "F")
+    assert world.status(TI, ti) == "K"
+    assert written == ["I", "E", "F"]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda svc: svc.reports.log_report_by(10**9, 90),
+        lambda svc: svc.reports.log_done(10**9, "node", None),
+        lambda svc: svc.reports.log_error(10**9, "F", 1, "x", "node", None),
+        lambda svc: svc.lifecycle.apply_outcome(10**9, "D"),
+        lambda svc: svc.lifecycle.apply_outcome(10**9, "X"),
+    ],
+    ids=["log_report_by", "log_done", "log_error_F", "apply_outcome_D", "apply_outcome_X"],
+)
+def test_an_unknown_instance_is_not_found(world: World, call: Any) -> None:
+    """Were sqlalchemy.exc.NoResultFound (scalar_one / one()), which the State Manager does not map to 404."""
+    with pytest.raises(core.NotFound, match="task instance 1000000000"):
+        call(world.svc)
+
+
 def test_done_arriving_after_end_killed_leaves_instance_and_task_agreeing(world: World) -> None:
     """The worker's log_done was in flight (HTTP retries) while the job was deleted and the task failed.
 
