@@ -30,6 +30,7 @@ from jobmon_airflow.service import Services, TaskInstanceView
 log = logging.getLogger(__name__)
 
 DEFAULT_LOST_GRACE_S = 60.0  # accounting can lag behind a job leaving the queue
+MAX_FAILED_POLLS = 60  # blocking mode: an hour of failed polls at one a minute, then the try fails
 TIS = states.TaskInstanceStatus
 
 #: Instance statuses that end the wait (K: a kill was requested, the operator finishes the job).
@@ -168,6 +169,7 @@ class Poller:
     cluster: Cluster
     lost_grace_s: float = DEFAULT_LOST_GRACE_S
     polls: int = 0
+    failed_polls: int = 0
     watched: dict[int, _Watch] = field(default_factory=dict)
 
     def poll(self) -> dict[int, WatchEvent]:
@@ -229,13 +231,28 @@ class Poller:
         """Blocking mode: poll one instance until it ends."""
         return self.wait_all_blocking({ti_id: job_id}, poll_interval)[ti_id]
 
+    def poll_safely(self) -> dict[int, WatchEvent]:
+        """:meth:`poll`, or no events when it failed (qmaster or database briefly away): the next interval polls
+        again. ``failed_polls`` counts the failures in a row."""
+        try:
+            events = self.poll()
+        except Exception:
+            self.failed_polls += 1
+            log.exception("Jobmon watcher: poll failed (%s in a row); polling again next interval", self.failed_polls)
+            return {}
+        self.failed_polls = 0
+        return events
+
     def wait_all_blocking(self, jobs: Mapping[int, str], poll_interval: float) -> dict[int, WatchEvent]:
-        """Blocking mode: poll until every instance in {instance id: job id} has ended."""
+        """Blocking mode: poll until every instance in {instance id: job id} has ended. Failed polls are retried
+        each interval; after ``MAX_FAILED_POLLS`` in a row the wait fails (the try; the next one re-attaches)."""
         self.watch(jobs)
         events: dict[int, WatchEvent] = {}
         try:
             while len(events) < len(jobs):
-                for ti_id, event in self.poll().items():
+                if self.failed_polls >= MAX_FAILED_POLLS:
+                    raise RuntimeError(f"Jobmon watcher: {self.failed_polls} polls in a row failed; giving up this try")
+                for ti_id, event in self.poll_safely().items():
                     events[ti_id] = event
                     self.watched.pop(ti_id, None)
                 if len(events) < len(jobs):
@@ -289,11 +306,8 @@ class SharedWatcher:
 
     async def _loop(self) -> None:
         while self.poller.watched:
-            try:
-                events = await asyncio.to_thread(self.poller.poll)
-            except Exception:  # a failed poll (DB or cluster hiccup) must not end every watch: retry next interval
-                log.exception("Jobmon watcher: poll failed; retrying in %ss", self.poll_interval)
-                events = {}
+            # A failed poll (DB or cluster hiccup) must not end every watch: it is retried next interval.
+            events = await asyncio.to_thread(self.poller.poll_safely)
             for ti_id, event in events.items():
                 w = self.poller.watched.get(ti_id)
                 if w is not None and w.future is not None and not w.future.done():

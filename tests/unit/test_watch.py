@@ -107,3 +107,37 @@ def test_a_job_that_ended_while_nobody_watched_is_concluded_from_its_record_not_
         statuses = list(conn.execute(sa.select(TI.c.status).order_by(TI.c.id)).scalars())
     assert statuses == ["D"]
     assert cluster.calls["submit"] == 1
+
+
+def test_blocking_wait_rides_out_failed_polls_then_gives_up(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocking mode (deferrable=False): a qmaster or database outage fails some polls; the wait goes on (as the
+    triggerer's shared watcher does) instead of failing the try, and gives up only after many failures in a row."""
+    from jobmon_airflow import watch
+    from jobmon_airflow.clusters.base import ClusterUnavailable
+
+    cluster = FakeCluster()
+    run = TaskRun(services, cluster, JobSettings(tmp_path / "logs", "http://127.0.0.1:9/jobmon"))
+    sub = run.start(WorkflowIdentity("dag", "run"), TaskSpec("t", "t", "true"), Resources())
+    assert isinstance(sub, Submission)
+    record = services.queries.task_instance(sub.task_instance_id).exit_record
+    assert record is not None
+    Path(record).write_text(ExitRecord(sub.task_instance_id, "D", 0).to_json())
+    cluster.finish(sub.job_id)
+    real, failures = cluster.statuses, [2]
+
+    def flaky(job_ids: object) -> object:
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise ClusterUnavailable("unable to contact qmaster")
+        return real(job_ids)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cluster, "statuses", flaky)
+    event = Poller(services, cluster).wait_blocking(sub.task_instance_id, sub.job_id, 0.01)
+    assert (event.status, event.source) == ("D", EventSource.EXIT_RECORD)
+
+    failures[0] = 10**6
+    monkeypatch.setattr(watch, "MAX_FAILED_POLLS", 3)
+    with pytest.raises(RuntimeError, match="3 polls in a row failed"):
+        Poller(services, cluster).wait_blocking(sub.task_instance_id, sub.job_id, 0.01)
