@@ -357,7 +357,7 @@ def run(
     floor_calls = _threads(threads, seconds, floor_heartbeat)
     batched_statements = _threads(threads, seconds, batched_floor)
     many_rows = 0
-    if hasattr(svc, "log_report_by_many"):  # the State Manager's coalesced path (library from ad769c0 on)
+    if hasattr(svc.reports, "log_report_by_many"):  # the State Manager's coalesced path (library from ad769c0 on)
 
         def coalesced(t: int, i: int) -> None:
             ids_t = list(per_thread[t])

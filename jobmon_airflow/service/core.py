@@ -191,15 +191,19 @@ def _tasks_follow(session: Session, ti_ids: Sequence[int], ti_status: str) -> No
     """
     if not ti_ids:
         return
-    # Only a task's newest instance moves the task: a late report of a superseded attempt must not.
+    # Only a task's newest instance moves the task: a late report of a superseded attempt must not. Only D can
+    # find a task lagging behind (an instance killed before it ran, then ended K → D): read task statuses then.
     status_of_task: dict[int, str] = {}
+    lag_possible = ti_status == TIS.DONE
     for chunk in chunks(list(ti_ids)):
         own = sa.select(TI.c.task_id, TI.c.id).where(TI.c.id.in_(chunk)).subquery()
-        for r in session.execute(
-            sa.select(own.c.task_id, TASK.c.status)
-            .join(TASK, TASK.c.id == own.c.task_id)
-            .where(own.c.id == sa.select(sa.func.max(TI.c.id)).where(TI.c.task_id == own.c.task_id).scalar_subquery())
-        ):
+        newest = own.c.id == sa.select(sa.func.max(TI.c.id)).where(TI.c.task_id == own.c.task_id).scalar_subquery()
+        query = (
+            sa.select(own.c.task_id, TASK.c.status).join(TASK, TASK.c.id == own.c.task_id)
+            if lag_possible
+            else sa.select(own.c.task_id, sa.literal("").label("status"))
+        )
+        for r in session.execute(query.where(newest)):
             status_of_task[r.task_id] = r.status
     task_ids = list(status_of_task)
     if ti_status in states.TASK_FOLLOWS_INSTANCE:
