@@ -313,12 +313,20 @@ class Lifecycle(Store):
         """After the jobs were deleted nobody reports: tasks of instances still in K fail without retry (E→F).
 
         Through legal TASK_FSM steps only, as an instance's own K → F moves its task: a task killed before it was
-        ever submitted (Q) takes Q → I first, then I/O/R → E → F. Set-based: three statements per 1,000 tasks."""
+        ever submitted (Q) takes Q → I first, then I/O/R → E → F. Set-based: three statements per 1,000 tasks.
+        Only a task's newest instance decides: a late call for a superseded attempt leaves the new one alone."""
+        later = TI.alias("later")
         with self.session() as s:
             task_ids = [
                 r.task_id
                 for chunk in chunks(list(ti_ids))
-                for r in s.execute(sa.select(TI.c.task_id).where(TI.c.id.in_(chunk), TI.c.status == TIS.KILL_SELF))
+                for r in s.execute(
+                    sa.select(TI.c.task_id).where(
+                        TI.c.id.in_(chunk),
+                        TI.c.status == TIS.KILL_SELF,
+                        ~sa.exists().where(later.c.task_id == TI.c.task_id, later.c.id > TI.c.id),
+                    )
+                )
             ]
             set_task_status(s, task_ids, TS.INSTANTIATING, only_from=[TS.QUEUED])
             for step in (TS.ERROR_RECOVERABLE, TS.ERROR_FATAL):

@@ -32,7 +32,6 @@ from jobmon_airflow.service.core import (
     log_errors,
     status_of,
     transition_task_instances,
-    updated_rows,
     utcnow,
 )
 
@@ -78,13 +77,6 @@ class Reports(Store):
             for ti_id, presented in tokens.items()
         }
 
-    def status_of(self, ti_id: int) -> str:
-        with self.engine.connect() as conn:
-            status = conn.execute(sa.select(TI.c.status).where(TI.c.id == ti_id)).scalar()
-        if status is None:
-            raise NotFound(f"task instance {ti_id}")
-        return str(status)
-
     def log_running(
         self,
         ti_id: int,
@@ -119,27 +111,6 @@ class Reports(Store):
                 return str(row.status)
             transition_task_instances(s, [ti_id], TIS.RUNNING, values)
             return status_of(s, ti_id)
-
-    def log_report_by(self, ti_id: int, next_report: float) -> str:
-        """Heartbeat: push the deadline; a triaging instance (late heartbeat) goes back to R.
-
-        The common case, a running instance, is one conditional UPDATE; anything else takes the locked path.
-        """
-        deadline = utcnow() + timedelta(seconds=next_report)
-        with self.session() as s:
-            running = TI.update().where(TI.c.id == ti_id, TI.c.status == TIS.RUNNING).values(report_by_date=deadline)
-            if updated_rows(s, running) == 1:
-                return str(TIS.RUNNING)
-        with self.session() as s:
-            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar()
-            if current is None:
-                raise NotFound(f"task instance {ti_id}")
-            if current == TIS.TRIAGING:
-                transition_task_instances(s, [ti_id], TIS.RUNNING)
-                current = TIS.RUNNING
-            if current == TIS.RUNNING:
-                s.execute(TI.update().where(TI.c.id == ti_id).values(report_by_date=deadline))
-            return str(current)
 
     def log_report_by_many(self, next_reports: Mapping[int, float]) -> dict[int, str]:
         """Many heartbeats at once (the State Manager coalesces concurrent requests into this), each instance with

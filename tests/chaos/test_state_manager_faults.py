@@ -97,7 +97,7 @@ def test_state_manager_down_past_the_heartbeat_deadline(
     wait_for(lambda: bool(instances(svc, dag_id, "job")) and instances(svc, dag_id, "job")[0]["status"] == "R", 60)
     ti_id = instances(svc, dag_id, "job")[0]["id"]
     state_manager.stop()
-    wait_for(lambda: svc.reports.status_of(ti_id) == "T", 30)  # deadline 3.1 s: the poller triages it
+    wait_for(lambda: svc.queries.task_instance(ti_id).status == "T", 30)  # deadline 3.1 s: the poller triages it
     if down_until == "job ended":
         record = Path(instances(svc, dag_id, "job")[0]["exit_record"])
         wait_for(record.exists, 30)  # the command ended; the worker keeps retrying its final report

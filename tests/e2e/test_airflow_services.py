@@ -97,10 +97,10 @@ def test_marking_a_deferred_task_failed_kills_its_job(airflow: AirflowAPI) -> No
     (wf,) = jobmon_rows(airflow, dag_id)
     (task,) = svc.queries.workflow_tasks(wf["WF_ID"])
     ti_id = task["TASK_INSTANCE_ID"]
-    wait_for(lambda: svc.reports.status_of(ti_id) == "R", 60, "the job to run")
+    wait_for(lambda: svc.queries.task_instance(ti_id).status == "R", 60, "the job to run")
     pgid = svc.queries.task_instance(ti_id)
     airflow.request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/sleeper", {"new_state": "failed"})
-    wait_for(lambda: svc.reports.status_of(ti_id) == "K", 60, "the trigger's on_kill to record K")
+    wait_for(lambda: svc.queries.task_instance(ti_id).status == "K", 60, "the trigger's on_kill to record K")
     cluster_job = pgid.distributor_id
     assert cluster_job is not None
 

@@ -191,7 +191,7 @@ def test_killing_the_deferred_task_deletes_the_sge_job(service: Services, dag_id
 
     async def scenario() -> Any:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(trigger.task_instance_id) == "R")
+        await asyncio.to_thread(wait_for, lambda: service.queries.task_instance(trigger.task_instance_id).status == "R")
         # The worker authenticated, yet its token is nowhere in what Grid Engine shows about the job.
         token = next(Path(service.queries.task_instance(trigger.task_instance_id).exit_record).parent.rglob("*.token"))
         details = subprocess.run(["qstat", "-j", trigger.job_id], capture_output=True, text=True).stdout
@@ -201,7 +201,7 @@ def test_killing_the_deferred_task_deletes_the_sge_job(service: Services, dag_id
 
     event = asyncio.run(scenario())
     assert event["status"] == "K"
-    assert service.reports.status_of(trigger.task_instance_id) == "K"
+    assert service.queries.task_instance(trigger.task_instance_id).status == "K"
     wait_for(lambda: trigger.job_id not in qstat_job_ids(), 30)
     info = accounting(trigger.job_id)
     assert info is not None and info.exit_status == 137  # qdel of a running job: failed 100, exit 137

@@ -163,7 +163,7 @@ def test_killing_the_deferred_task_kills_the_job_and_records_k(service: Services
 
     async def scenario() -> None:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(ti_id) == "R")
+        await asyncio.to_thread(wait_for, lambda: service.queries.task_instance(ti_id).status == "R")
         await trigger.on_kill()  # what the triggerer does when the user marks the task failed (Airflow 3.3+)
         event = await asyncio.wait_for(waiting, 20)
         assert event.payload["status"] == "K"
@@ -196,7 +196,7 @@ def test_killing_the_blocking_task_kills_the_job_and_records_k(service: Services
     thread.start()
     wait_for(lambda: bool(instances(service, "jobmon_kill_blocking", "sleeper")))
     ti_id = instances(service, "jobmon_kill_blocking", "sleeper")[0]["id"]
-    wait_for(lambda: service.reports.status_of(ti_id) == "R")
+    wait_for(lambda: service.queries.task_instance(ti_id).status == "R")
     op.on_kill()
     thread.join(20)
     assert not thread.is_alive()
@@ -248,13 +248,13 @@ def test_instance_whose_heartbeats_stop_is_triaged_from_what_the_job_left(servic
 
     async def scenario() -> Any:
         waiting = asyncio.create_task(anext(trigger.run()))
-        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(ti_id) == "R")
+        await asyncio.to_thread(wait_for, lambda: service.queries.task_instance(ti_id).status == "R")
         worker = service.queries.task_instance(ti_id)
         pgid = instances(service, "jobmon_triage", "hang")[0]["process_group_id"]
         assert worker.status == "R" and pgid
         os.killpg(pgid, signal.SIGSTOP)  # the job is frozen: no heartbeats, still in the queue
-        await asyncio.to_thread(wait_for, lambda: service.reports.status_of(ti_id) == "T")
-        seen.append(service.reports.status_of(ti_id))
+        await asyncio.to_thread(wait_for, lambda: service.queries.task_instance(ti_id).status == "T")
+        seen.append(service.queries.task_instance(ti_id).status)
         os.killpg(pgid, signal.SIGKILL)  # then it dies without reporting
         return (await asyncio.wait_for(waiting, 30)).payload
 
@@ -286,7 +286,7 @@ def test_token_appears_in_no_command_line_and_no_environment(service: Services) 
     trigger = _execute_until_deferred(op, "token-hidden")
     ti_id = trigger.task_instance_id
     try:
-        wait_for(lambda: service.reports.status_of(ti_id) == "R")  # the worker authenticated with the token
+        wait_for(lambda: service.queries.task_instance(ti_id).status == "R")  # the worker authenticated with the token
         token_files = list((paths.jobmon_home() / "logs").rglob(f"ti-{ti_id}.token"))
         (token_file,) = token_files
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -341,7 +341,7 @@ def test_next_try_adopts_an_end_no_airflow_try_saw_and_a_cleared_task_runs_again
             return JobmonTaskOperator(task_id="quick", command="echo done", poll_interval=0.5)
 
     trigger = _execute_until_deferred(make(), "adopt")  # then the Airflow worker dies: nobody completes it
-    wait_for(lambda: service.reports.status_of(trigger.task_instance_id) == "D")
+    wait_for(lambda: service.queries.task_instance(trigger.task_instance_id).status == "D")
     context: Any = {"ti": SimpleNamespace(try_number=2, map_index=-1), "run_id": "adopt"}
     result = make().execute(context)  # the retry: the job already succeeded
     assert result["task_instance_id"] == trigger.task_instance_id

@@ -256,7 +256,7 @@ class ReporterRace(RuleBasedStateMachine):
 
     @rule(ti=instances)
     def log_report_by(self, ti: int) -> None:
-        self._step("log_report_by", f"log_report_by({ti})", lambda: self.svc.reports.log_report_by(ti, 90))
+        self._step("log_report_by", f"log_report_by({ti})", lambda: self.svc.reports.log_report_by_many({ti: 90})[ti])
 
     @rule(tis=st.lists(instances, min_size=1, max_size=4, unique=True))
     def log_report_by_many(self, tis: list[int]) -> None:
@@ -443,10 +443,9 @@ UNKNOWN_INSTANCE_CALLS = {
     "log_error": lambda svc: svc.reports.log_error(UNKNOWN, "E", 1, "x", "node", None),
     "instantiate": lambda svc: svc.lifecycle.instantiate([UNKNOWN], {}, {}),
     "log_distributor_ids": lambda svc: svc.lifecycle.log_distributor_ids({UNKNOWN: "1"}),
-    "status_of": lambda svc: svc.reports.status_of(UNKNOWN),
+    "status_of": lambda svc: svc.queries.task_instance(UNKNOWN).status,
 }
 UNKNOWN_INSTANCE_BUGS = {
-    "log_report_by": lambda svc: svc.reports.log_report_by(UNKNOWN, 90),
     "log_done": lambda svc: svc.reports.log_done(UNKNOWN, "node", None),
     "apply_outcome": lambda svc: svc.lifecycle.apply_outcome(UNKNOWN, "D"),
 }

@@ -149,3 +149,17 @@ def test_kill_records_k_deletes_the_job_and_fails_the_task(
     assert services.queries.task_instance(sub.task_instance_id).status == "K"
     assert services.queries.get_task(services.queries.task_instance(sub.task_instance_id).task_id).status == "F"
     assert os.path.exists(cluster.submitted[0].log_dir)
+
+
+def test_a_late_end_of_a_superseded_kill_leaves_the_new_attempt_alone(
+    run: TaskRun, services: Services, cluster: FakeCluster
+) -> None:
+    """A kill of attempt 1 whose clean-up (end_killed) comes late, after attempt 2 started, must not fail attempt
+    2's task: only a task's newest instance decides."""
+    first = start(run)
+    services.lifecycle.request_kill([first.task_instance_id])
+    second = start(run)  # the next try: the killed job is deleted, a new pass submits attempt 2
+    assert second.task_instance_id != first.task_instance_id and cluster.calls["submit"] == 2
+    services.lifecycle.end_killed([first.task_instance_id])
+    task = services.queries.get_task(services.queries.task_instance(second.task_instance_id).task_id)
+    assert task.status == "O"

@@ -55,7 +55,7 @@ def make_instances(svc: Services, statuses: Sequence[str], run_id: str = "r") ->
             svc.reports.log_error(ti, status, 1, f"error {status}", "node", None)
         else:
             assert status == "R", status
-    assert [svc.reports.status_of(ti) for ti in ti_ids] == list(statuses)
+    assert [svc.queries.task_instance(ti).status for ti in ti_ids] == list(statuses)
     return ti_ids
 
 

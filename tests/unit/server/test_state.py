@@ -40,21 +40,21 @@ def test_missing_token_is_401(setup: tuple[TestClient, Services, list[int]]) -> 
     client, svc, (a, _) = setup
     response = client.post(f"{BASE}/{a}/log_running", json=RUNNING)
     assert response.status_code == 401
-    assert svc.reports.status_of(a) == "O"
+    assert svc.queries.task_instance(a).status == "O"
 
 
 def test_wrong_token_is_403(setup: tuple[TestClient, Services, list[int]]) -> None:
     client, svc, (a, _) = setup
     response = client.post(f"{BASE}/{a}/log_running", json=RUNNING, headers={"Authorization": "Bearer nope"})
     assert response.status_code == 403
-    assert svc.reports.status_of(a) == "O"
+    assert svc.queries.task_instance(a).status == "O"
 
 
 def test_token_of_another_task_instance_is_403(setup: tuple[TestClient, Services, list[int]]) -> None:
     client, svc, (_, b) = setup
     response = client.post(f"{BASE}/{b}/log_running", json=RUNNING, headers={"Authorization": "Bearer token-a"})
     assert response.status_code == 403
-    assert svc.reports.status_of(b) == "O"
+    assert svc.queries.task_instance(b).status == "O"
 
 
 def test_unknown_task_instance_is_403_not_a_leak(setup: tuple[TestClient, Services, list[int]]) -> None:
@@ -106,7 +106,7 @@ def test_worker_lifecycle_over_http(setup: tuple[TestClient, Services, list[int]
     assert client.post(f"{BASE}/{a}/log_done", json=done, headers=auth).json() == {"status": "D"}
     error = {"error_state": "E", "exit_status": 1, "error_message": "late"}
     assert client.post(f"{BASE}/{a}/log_error", json=error, headers=auth).status_code == 409
-    assert svc.reports.status_of(a) == "D"
+    assert svc.queries.task_instance(a).status == "D"
 
 
 def test_error_report_stores_the_stderr_tail(setup: tuple[TestClient, Services, list[int]]) -> None:
@@ -160,7 +160,7 @@ def test_concurrent_heartbeats_are_coalesced_and_answer_each_caller(
     answer_a, answer_b, forged = asyncio.run(beats())
     assert (answer_a, answer_b) == ("R", "R")  # b's late heartbeat brought it back from triage (T→R)
     assert isinstance(forged, Unauthorized)
-    assert svc.reports.status_of(b) == "R"
+    assert svc.queries.task_instance(b).status == "R"
     token_checks = [s for s in statements if "token_hash" in s.lower() and s.lstrip().upper().startswith("SELECT")]
     assert len(token_checks) == 1  # the three tokens checked in one query
     updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE TASK_INSTANCE SET REPORT_BY_DATE")]

@@ -114,7 +114,7 @@ def report(svc: Services, op: str, ti: int) -> Outcome:
     if op == "kill":
         return _call(lambda: svc.lifecycle.request_kill([ti], "killed by test"))
     if op == "report_by":
-        return _call(lambda: svc.reports.log_report_by(ti, 90))
+        return _call(lambda: svc.reports.log_report_by_many({ti: 90})[ti])
     raise AssertionError(op)
 
 

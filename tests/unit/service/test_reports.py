@@ -55,7 +55,7 @@ def test_late_done_of_an_instance_that_is_not_triaging_is_unchanged(services: Se
     (ti,) = make_instances(services, ["E"])
     with pytest.raises(IllegalTransition):
         services.reports.log_done(ti, "node", None)
-    assert services.reports.status_of(ti) == "E"
+    assert services.queries.task_instance(ti).status == "E"
 
 
 # -- 8: each instance's deadline moves by its own increment

@@ -635,7 +635,7 @@ def test_set_status_for_triaging(world: World) -> None:
 def test_log_report_by_brings_triaging_back_to_running(world: World) -> None:
     _, task, ti = world.chain("T", "R")
     before = core.utcnow()
-    assert world.svc.reports.log_report_by(ti, 90) == "R"
+    assert world.svc.reports.log_report_by_many({ti: 90})[ti] == "R"
     row = world.row(TI, ti)
     assert_moved(row, "R")
     assert row.report_by_date >= before + timedelta(seconds=89)
@@ -644,7 +644,7 @@ def test_log_report_by_brings_triaging_back_to_running(world: World) -> None:
 
 def test_log_report_by_on_running_pushes_the_deadline_only(world: World) -> None:
     _, _, ti = world.chain("R", "R")
-    assert world.svc.reports.log_report_by(ti, 300) == "R"
+    assert world.svc.reports.log_report_by_many({ti: 300})[ti] == "R"
     row = world.row(TI, ti)
     assert_untouched(row, "R")
     assert row.report_by_date > core.utcnow() + timedelta(seconds=250)
@@ -653,7 +653,7 @@ def test_log_report_by_on_running_pushes_the_deadline_only(world: World) -> None
 @pytest.mark.parametrize("status", ["D", "E", "K"])
 def test_log_report_by_on_an_ended_instance_changes_nothing(world: World, status: str) -> None:
     _, _, ti = world.chain(status, "R")
-    assert world.svc.reports.log_report_by(ti, 90) == status
+    assert world.svc.reports.log_report_by_many({ti: 90})[ti] == status
     row = world.row(TI, ti)
     assert_untouched(row, status)
     assert row.report_by_date is None
@@ -800,7 +800,6 @@ def test_end_killed_fails_a_task_killed_before_it_was_submitted_through_legal_st
 @pytest.mark.parametrize(
     "call",
     [
-        lambda svc: svc.reports.log_report_by(10**9, 90),
         lambda svc: svc.reports.log_done(10**9, "node", None),
         lambda svc: svc.reports.log_error(10**9, "F", 1, "x", "node", None),
         lambda svc: svc.lifecycle.apply_outcome(10**9, "D"),
