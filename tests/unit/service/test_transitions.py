@@ -805,7 +805,7 @@ def test_end_killed_fails_a_task_killed_before_it_was_submitted_through_legal_st
         lambda svc: svc.lifecycle.apply_outcome(10**9, "D"),
         lambda svc: svc.lifecycle.apply_outcome(10**9, "X"),
     ],
-    ids=["log_report_by", "log_done", "log_error_F", "apply_outcome_D", "apply_outcome_X"],
+    ids=["log_done", "log_error_F", "apply_outcome_D", "apply_outcome_X"],
 )
 def test_an_unknown_instance_is_not_found(world: World, call: Any) -> None:
     """Were sqlalchemy.exc.NoResultFound (scalar_one / one()), which the State Manager does not map to 404."""
