@@ -46,6 +46,7 @@ from tests.chaos.faults import AccountingRecord, Background
 from tests.conftest import MARIADB_URL, free_port, require_service, run_dag
 from tests.support.airflow_services import wait_for
 from tests.support.arrays import array_instances
+from tests.support.databases import mysql_connection
 from tests.support.state import instances
 
 pytestmark = [
@@ -100,15 +101,7 @@ def env(gridengine: dict[str, str], mariadb_url: str, tmp_path_factory: pytest.T
     ``gridengine_impatient`` for 5 s; ``jobmon_no_state_manager`` sends workers to a port nobody listens on."""
     require_service(None if os.geteuid() == 0 else "not root", "root (to stop and start the daemons)")
     faults.restore_services()
-    url = sa.engine.make_url(mariadb_url)
-    mysql = {
-        "conn_type": "mysql",
-        "host": url.host,
-        "port": url.port or 3306,
-        "login": url.username,
-        "password": url.password,
-        "schema": url.database,
-    }
+    mysql = mysql_connection(mariadb_url)
     logs = tmp_path_factory.mktemp("chaos-sge-logs")
     closed_port = free_port()
     jobmon = {"mysql_conn_id": "chaos_mariadb", "cluster": "gridengine", "worker_http_retry_seconds": 60}

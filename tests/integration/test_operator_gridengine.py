@@ -20,7 +20,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import TaskDeferred
 
@@ -30,6 +29,7 @@ from jobmon_airflow.operators import JobmonTaskOperator
 from jobmon_airflow.server.app import start_in_thread
 from jobmon_airflow.service import Services
 from tests.conftest import free_port, run_dag
+from tests.support.databases import mysql_connection
 from tests.support.state import instances, wait_for
 
 pytestmark = [pytest.mark.gridengine, pytest.mark.mariadb, pytest.mark.usefixtures("airflow_db")]
@@ -50,15 +50,7 @@ THREE_CHILDREN = (
 @pytest.fixture(scope="module")
 def service(gridengine: dict[str, str], mariadb_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Connections as a deployment has them: jobmon → MySQL connection → MariaDB; gridengine with a log dir."""
-    url = sa.engine.make_url(mariadb_url)
-    mysql_conn = {
-        "conn_type": "mysql",
-        "host": url.host,
-        "port": url.port or 3306,
-        "login": url.username,
-        "password": url.password,
-        "schema": url.database,
-    }
+    mysql_conn = mysql_connection(mariadb_url)
     logs = tmp_path_factory.mktemp("sge-logs")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIRFLOW_CONN_JOBMON_MARIADB", json.dumps(mysql_conn))

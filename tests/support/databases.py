@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -17,3 +19,16 @@ def drop_everything(engine: Engine) -> None:
         else:
             for table in sa.inspect(conn).get_table_names():
                 conn.exec_driver_sql(f'DROP TABLE "{table}"')
+
+
+def mysql_connection(url: str) -> dict[str, Any]:
+    """An Airflow MySQL connection (as JSON for ``AIRFLOW_CONN_…``) to the database at the SQLAlchemy ``url``."""
+    parts = sa.engine.make_url(url)
+    return {
+        "conn_type": "mysql",
+        "host": parts.host,
+        "port": parts.port or 3306,
+        "login": parts.username,
+        "password": parts.password,
+        "schema": parts.database,
+    }

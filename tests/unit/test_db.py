@@ -4,7 +4,6 @@ directory 0700, database 0600, and its WAL and SHM files too (SQLite gives them 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobmon_airflow import db
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
+from tests.support.modes import mode
 
 
 @pytest.fixture

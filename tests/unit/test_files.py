@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,19 +10,13 @@ from pathlib import Path
 import pytest
 
 from jobmon_airflow import files
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
+from tests.support.modes import mode, umask
 
 
 @pytest.fixture
 def umask_000() -> Iterator[None]:
-    old = os.umask(0)
-    try:
+    with umask(0):
         yield
-    finally:
-        os.umask(old)
 
 
 def test_file_is_private_under_umask_000(tmp_path: Path, umask_000: None) -> None:

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobmon_airflow.execution.jobs import write_token
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
+from tests.support.modes import mode, umask
 
 
 @pytest.fixture
 def umask_000() -> Iterator[None]:
-    old = os.umask(0)
-    try:
+    with umask(0):
         yield
-    finally:
-        os.umask(old)
 
 
 def test_token_file_is_0600_in_a_0700_directory_whatever_the_umask(tmp_path: Path, umask_000: None) -> None:
