@@ -290,6 +290,34 @@ def instance_statuses(env: Env, dag_id: str) -> list[str]:
 # -- 1. the qmaster down at submission --------------------------------------------------------------------------------
 
 
+def run_with_outage(
+    env: Env,
+    dag_id: str,
+    dag: Any,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    down_s: float,
+    caplog: pytest.LogCaptureFixture,
+) -> tuple[Any, int]:
+    """Run the DAG while a thread stops a service once an element runs and starts it again ``down_s`` later;
+    the DAG run and how many polls failed meanwhile."""
+
+    def outage() -> None:
+        when(lambda: TIS.RUNNING in instance_statuses(env, dag_id), 120, "an element to run")
+        stop()
+        try:
+            time.sleep(down_s)
+        finally:
+            start()
+
+    fault_thread = Background(outage)
+    fault_thread.start()
+    with caplog.at_level(logging.INFO, logger="jobmon_airflow"):
+        dag_run: Any = run_dag(dag)
+    fault_thread.join_checked()
+    return dag_run, sum("poll failed" in r.getMessage() for r in caplog.records)
+
+
 def test_qmaster_down_at_submission_is_waited_out(
     env: Env, dag_id: str, tmp_path: Path, fault: Fault, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -378,23 +406,9 @@ def test_qmaster_down_while_an_array_runs(
     markers.mkdir()
     dag = nap_array(dag_id, markers, elements=10, seconds=4)
 
-    def outage() -> None:
-        when(lambda: TIS.RUNNING in instance_statuses(env, dag_id), 120, "an element to run")
-        faults.stop_qmaster()
-        try:
-            time.sleep(15)
-        finally:
-            faults.start_qmaster()
-
-    fault_thread = Background(outage)
-    fault_thread.start()
-    with caplog.at_level(logging.INFO, logger="jobmon_airflow"):
-        dag_run: Any = run_dag(dag)
-    fault_thread.join_checked()
-
+    dag_run, failed_polls = run_with_outage(env, dag_id, dag, faults.stop_qmaster, faults.start_qmaster, 15, caplog)
     units = array_units(env, dag_id, markers)
     problems = judge(fault, units)
-    failed_polls = sum("poll failed" in r.getMessage() for r in caplog.records)
     fault.notes.append(f"{failed_polls} polls failed during the outage")
     assert fault.duplicates == 0 and fault.lost == 0, problems
     assert str(dag_run.state) == "success", problems
@@ -455,23 +469,9 @@ def test_mariadb_restarted_while_an_array_runs(
     # Heartbeats every 2 s: the outage outlasts a report-by deadline, so heartbeats fail and triage can strike.
     dag = nap_array(dag_id, markers, elements=10, seconds=4, heartbeat_interval=2)
 
-    def outage() -> None:
-        when(lambda: TIS.RUNNING in instance_statuses(env, dag_id), 120, "an element to run")
-        faults.stop_mariadb()
-        try:
-            time.sleep(10)
-        finally:
-            faults.start_mariadb()
-
-    fault_thread = Background(outage)
-    fault_thread.start()
-    with caplog.at_level(logging.INFO, logger="jobmon_airflow"):
-        dag_run: Any = run_dag(dag)
-    fault_thread.join_checked()
-
+    dag_run, failed_polls = run_with_outage(env, dag_id, dag, faults.stop_mariadb, faults.start_mariadb, 10, caplog)
     units = array_units(env, dag_id, markers)
     problems = judge(fault, units)
-    failed_polls = sum("poll failed" in r.getMessage() for r in caplog.records)
     failed_reports = worker_report_failures(env, dag_id)
     fault.notes.append(f"{failed_polls} polls and {failed_reports} worker reports failed during the outage")
     assert fault.duplicates == 0 and fault.lost == 0, problems
