@@ -201,6 +201,7 @@ class TaskInstance(Base):
         sa.Index(None, "status", "report_by_date"),
         sa.Index(None, "workflow_run_id", "status"),
         sa.Index(None, "array_id", "array_batch_num", "array_step_id"),
+        sa.Index(None, "usage_source", "id"),  # the max-RSS ETL's candidate scan, in id windows
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     workflow_run_id: Mapped[int] = mapped_column(sa.ForeignKey("workflow_run.id"))
@@ -221,6 +222,9 @@ class TaskInstance(Base):
     maxrss: Mapped[int | None] = mapped_column(sa.BigInteger)  # bytes
     maxpss: Mapped[int | None] = mapped_column(sa.BigInteger)  # bytes (QPID)
     cpu: Mapped[float | None]  # seconds
+    # Where the usage figures came from (worker, qpid, accounting); NULL until the ETL has looked, "missing" once
+    # it gave up after the retirement age.
+    usage_source: Mapped[str | None] = mapped_column(sa.String(16))
     stdout: Mapped[str | None] = mapped_column(sa.String(1000))
     stderr: Mapped[str | None] = mapped_column(sa.String(1000))
     exit_record: Mapped[str | None] = mapped_column(sa.String(1000))
@@ -236,6 +240,19 @@ class TaskInstanceErrorLog(Base):
     task_instance_id: Mapped[int] = mapped_column(sa.ForeignKey("task_instance.id"), index=True)
     error_time: Mapped[datetime] = mapped_column(DateTime)
     description: Mapped[str] = mapped_column(LongText)
+
+
+class WorkflowRunNote(Base):
+    """Why a workflow run changed status outside its own operators (the reaper, a CLI reset)."""
+
+    __tablename__ = "workflow_run_note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workflow_run_id: Mapped[int] = mapped_column(sa.ForeignKey("workflow_run.id"), index=True)
+    note_date: Mapped[datetime] = mapped_column(DateTime)
+    old_status: Mapped[str] = mapped_column(sa.String(1))
+    new_status: Mapped[str] = mapped_column(sa.String(1))
+    source: Mapped[str] = mapped_column(sa.String(64))  # e.g. "reaper", "cli"
+    description: Mapped[str] = mapped_column(sa.String(2000))
 
 
 class WorkflowAttributeType(Base):

@@ -38,6 +38,7 @@ HOT_INDEXES = [
     ("task", ["workflow_id", "status"]),
     ("task_instance", ["distributor_id"]),
     ("workflow_run", ["status", "heartbeat_date"]),
+    ("task_instance", ["usage_source", "id"]),
 ]
 
 
