@@ -16,6 +16,17 @@ DB_NAME=jobmon DB_USER=jobmon DB_PASSWORD=jobmon
 H_VMEM_DEFAULT=4G # a consumable's default becomes the hard limit of jobs that request nothing: never 0
 SGE_PACKAGES=(gridengine-master gridengine-exec gridengine-client)
 DB_PACKAGES=(mariadb-server mariadb-client)
+# Further services (browser, nginx, Redis, Prometheus, ...) live in scripts/services/<name>.sh, each with a
+# <name>.packages list (one Debian package a line) installed here in the same apt run; each .sh is sourced after
+# Grid Engine and MariaDB are up (it may use log, quiet, wait_for, alive, die) and must be idempotent.
+SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services"
+EXTRA_PACKAGES=()
+for list in "$SERVICES_DIR"/*.packages; do
+    [[ -e $list ]] || continue
+    while read -r pkg; do
+        [[ -n $pkg && $pkg != \#* ]] && EXTRA_PACKAGES+=("$pkg")
+    done <"$list"
+done
 
 WORK=$(mktemp -d /tmp/setup-services.XXXXXX)
 CREATED_POLICY_RC=0
@@ -109,8 +120,8 @@ fix_hosts() {
 # Packages: preseeded so the master postinst builds the cell; policy-rc.d keeps postinst from starting daemons.
 
 install_packages() {
-    if installed "${SGE_PACKAGES[@]}" "${DB_PACKAGES[@]}"; then
-        log "packages: gridengine and mariadb already installed"
+    if installed "${SGE_PACKAGES[@]}" "${DB_PACKAGES[@]}" "${EXTRA_PACKAGES[@]}"; then
+        log "packages: gridengine, mariadb and ${#EXTRA_PACKAGES[@]} service packages already installed"
         return
     fi
     local t0=$SECONDS pkg
@@ -125,8 +136,8 @@ install_packages() {
         CREATED_POLICY_RC=1
     fi
     quiet apt-get update -q
-    quiet apt-get install -y -q --no-install-recommends "${SGE_PACKAGES[@]}" "${DB_PACKAGES[@]}"
-    log "packages: installed ${SGE_PACKAGES[*]} ${DB_PACKAGES[*]} in $((SECONDS - t0))s"
+    quiet apt-get install -y -q --no-install-recommends "${SGE_PACKAGES[@]}" "${DB_PACKAGES[@]}" "${EXTRA_PACKAGES[@]}"
+    log "packages: installed ${SGE_PACKAGES[*]} ${DB_PACKAGES[*]} ${EXTRA_PACKAGES[*]} in $((SECONDS - t0))s"
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,6 +418,12 @@ main() {
     write_profile
     start_mariadb
     create_database
+    local extra
+    for extra in "$SERVICES_DIR"/*.sh; do
+        [[ -e $extra ]] || continue
+        # shellcheck source=/dev/null
+        source "$extra"
+    done
     log "done in $((SECONDS - START))s (log: $SETUP_LOG)"
 }
 
