@@ -1,8 +1,8 @@
 """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
 
 Every operator, hook, trigger and sensor module of the package is listed (tests/unit/test_provider_info.py fails
-when a module defining one is left out). Sensors have no package yet: their entry is built from the modules of
-``jobmon_airflow.sensors`` when that package exists, and left out until then. Nothing here imports Airflow.
+when a module defining one is left out), and so is every extra link class of its operators. The sensors' entry is
+built from the modules of ``jobmon_airflow.sensors``. Nothing here imports Airflow.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 from jobmon_airflow import __version__
 
 OPERATOR_MODULES = ["jobmon_airflow.operators.task", "jobmon_airflow.operators.array"]
-JOBMON_HOOK_MODULES = ["jobmon_airflow.hooks.jobmon"]
+JOBMON_HOOK_MODULES = ["jobmon_airflow.hooks.jobmon", "jobmon_airflow.hooks.airflow_api", "jobmon_airflow.hooks.qpid"]
 GRIDENGINE_HOOK_MODULES = ["jobmon_airflow.hooks.gridengine"]
-TRIGGER_MODULES = ["jobmon_airflow.triggers"]
+TRIGGER_MODULES = ["jobmon_airflow.triggers", "jobmon_airflow.sensors.workflow"]
+EXTRA_LINKS = ["jobmon_airflow.ui.links.JobmonLink"]  # on every Jobmon operator: the task's Jobmon page
 SENSORS_PACKAGE = "jobmon_airflow.sensors"
 
 
@@ -59,6 +60,7 @@ def get_provider_info() -> dict[str, Any]:
             },
         ],
         "plugins": [{"name": "jobmon", "plugin-class": "jobmon_airflow.plugin.JobmonPlugin"}],
+        "extra-links": list(EXTRA_LINKS),
     }
     sensor_modules = _public_submodules(SENSORS_PACKAGE)
     if sensor_modules:

@@ -24,7 +24,7 @@ from jobmon_airflow.get_provider_info import get_provider_info
 KINDS: dict[str, tuple[tuple[str, ...], type]] = {
     "operators": (("jobmon_airflow.operators",), BaseOperator),
     "hooks": (("jobmon_airflow.hooks",), BaseHook),
-    "triggers": (("jobmon_airflow.triggers",), BaseTrigger),
+    "triggers": (("jobmon_airflow.triggers", "jobmon_airflow.sensors"), BaseTrigger),
     "sensors": (("jobmon_airflow.sensors",), BaseOperator),
 }
 
@@ -97,8 +97,13 @@ def test_every_class_of_the_package_is_in_a_listed_module(kind: str) -> None:
 
 def test_the_expected_modules_are_listed() -> None:
     assert set(_listed_modules("operators")) == {"jobmon_airflow.operators.task", "jobmon_airflow.operators.array"}
-    assert set(_listed_modules("hooks")) == {"jobmon_airflow.hooks.jobmon", "jobmon_airflow.hooks.gridengine"}
-    assert set(_listed_modules("triggers")) == {"jobmon_airflow.triggers"}
+    assert set(_listed_modules("hooks")) == {
+        "jobmon_airflow.hooks.jobmon",
+        "jobmon_airflow.hooks.gridengine",
+        "jobmon_airflow.hooks.airflow_api",
+        "jobmon_airflow.hooks.qpid",
+    }
+    assert set(_listed_modules("triggers")) == {"jobmon_airflow.triggers", "jobmon_airflow.sensors.workflow"}
     assert _provided_classes("operators").keys() >= {
         "jobmon_airflow.operators.task.JobmonTaskOperator",
         "jobmon_airflow.operators.array.JobmonArrayOperator",
@@ -153,3 +158,17 @@ def test_an_unlisted_operator_module_is_caught(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(provider_info, "OPERATOR_MODULES", ["jobmon_airflow.operators.task"])
     with pytest.raises(AssertionError, match=r"JobmonArrayOperator"):
         test_every_class_of_the_package_is_in_a_listed_module("operators")
+
+
+def test_extra_links_are_listed_and_on_every_jobmon_operator() -> None:
+    from airflow.sdk import BaseOperatorLink
+
+    listed = get_provider_info()["extra-links"]
+    for path in listed:
+        link = _import_object(path)
+        assert inspect.isclass(link) and issubclass(link, BaseOperatorLink), path
+    for operator_path in _provided_classes("operators"):
+        operator = _import_object(operator_path)
+        on_operator = {f"{type(link).__module__}.{type(link).__qualname__}" for link in operator.operator_extra_links}
+        assert on_operator, f"{operator_path} has no operator extra link"
+        assert on_operator <= set(listed), f"{operator_path}: {sorted(on_operator - set(listed))} not in extra-links"
