@@ -173,7 +173,7 @@ class Task(Base):
     __tablename__ = "task"
     __table_args__ = (
         sa.UniqueConstraint("workflow_id", "airflow_task_id", "map_index", "node_args_hash"),
-        sa.Index(None, "workflow_id", "status"),
+        sa.Index(None, "workflow_id", "status", "num_attempts"),  # task counts and retries from the index alone
         sa.Index(None, "array_id", "status"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -199,7 +199,11 @@ class TaskInstance(Base):
     __tablename__ = "task_instance"
     __table_args__ = (
         sa.Index(None, "status", "report_by_date"),
-        sa.Index(None, "workflow_run_id", "status"),
+        # Covers resource usage (one ordered pass, no row reads); its prefix serves the (run, status) lookups.
+        sa.Index(
+            "ix_task_instance_workflow_run_id_status_usage",
+            *("workflow_run_id", "status", "array_id", "task_resources_id", "maxrss", "wallclock"),
+        ),
         sa.Index(None, "array_id", "array_batch_num", "array_step_id"),
         sa.Index(None, "usage_source", "id"),  # the max-RSS ETL's candidate scan, in id windows
     )

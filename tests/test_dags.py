@@ -19,8 +19,12 @@ def test_every_dag_in_the_dags_folder_imports_without_errors() -> None:
     assert "example_jobmon_workflow" in bag.dag_ids
     dag = bag.get_dag("example_jobmon_workflow")
     assert dag is not None
-    assert {t.task_type for t in dag.tasks} == {"JobmonTaskOperator"}
-    assert len(dag.tasks) == 6  # prepare, 4 parallel, aggregate
+    assert {t.task_id: t.task_type for t in dag.tasks} == {  # the 4 independent tasks run as one array
+        "prepare_inputs": "JobmonTaskOperator",
+        "sum_of_squares": "JobmonArrayOperator",
+        "aggregate": "JobmonTaskOperator",
+    }
+    assert dag.get_task("sum_of_squares").node_args == {"part": [0, 1, 2, 3]}
 
 
 def test_provider_info_validates_against_airflows_schema() -> None:

@@ -11,7 +11,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from jobmon_airflow import db
-from jobmon_airflow.paths import default_db_url
+from jobmon_airflow.hooks.jobmon_url import db_url_of
 from jobmon_airflow.service import Services
 
 STATE_MANAGER_URL_ENV = "JOBMON_AIRFLOW_STATE_MANAGER_URL"
@@ -54,29 +54,8 @@ class JobmonHook(BaseHook):
             return None
 
     def get_db_url(self) -> str:
-        conn = self._connection
-        if conn is None:
-            return default_db_url()
-        if url := self._extra.get("sql_alchemy_conn"):
-            return str(url)
-        if mysql_conn_id := self._extra.get("mysql_conn_id"):
-            return self._mysql_url(self.get_connection(mysql_conn_id))
-        if conn.host:
-            return self._mysql_url(conn)
-        return default_db_url()
-
-    @staticmethod
-    def _mysql_url(conn: Any) -> str:
-        url = sa.engine.URL.create(
-            "mysql+pymysql",
-            username=conn.login or None,
-            password=conn.password or None,
-            host=conn.host,
-            port=conn.port or 3306,
-            database=conn.schema or "jobmon",
-            query={"charset": "utf8mb4"},
-        )
-        return url.render_as_string(hide_password=False)
+        # The rules live beside the command line's Airflow-free reading of the same connection.
+        return db_url_of(self._connection, self._extra, self.get_connection)
 
     def get_conn(self) -> sa.engine.Engine:
         """The engine, migrated to the newest schema."""

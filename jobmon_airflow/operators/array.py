@@ -5,6 +5,7 @@ when every element is done and fails listing the elements that used up their att
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from jobmon_airflow.operators.base import JobmonBaseOperator, is_templated
 from jobmon_airflow.records import WatchEvent
 from jobmon_airflow.resources import Resources
 from jobmon_airflow.templates import TaskTemplate
+from jobmon_airflow.ui.links import JobmonLink
 
 
 class JobmonArrayOperator(JobmonBaseOperator):
@@ -35,6 +37,7 @@ class JobmonArrayOperator(JobmonBaseOperator):
     """
 
     template_fields: Sequence[str] = ("node_args", "task_args", "op_args", "compute_resources")
+    operator_extra_links = (JobmonLink(),)  # the task instance's Jobmon page
     ui_color = "#c9daf8"
 
     def __init__(
@@ -109,7 +112,8 @@ class JobmonArrayOperator(JobmonBaseOperator):
             if not isinstance(live, dict):
                 return self.outcome(live)
             trigger = JobmonArrayTrigger(progress.array_id, carry=progress.to_dict(), **self.trigger_kwargs())
-            run.record(self.wait_for(trigger, live).values())
+            # Each poll also applies a changed concurrency limit to the live batches (the trigger does the same).
+            run.record(self.wait_for(trigger, live, functools.partial(run.apply_concurrency, progress, live)).values())
 
     def on_kill(self) -> None:
         killable = getattr(self, "_killable", None)

@@ -4,7 +4,7 @@ from the connections, and the one place where a run's verdict becomes an Airflow
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -166,13 +166,16 @@ class JobmonBaseOperator(BaseOperator):
             "lost_grace_s": self.lost_grace_s,
         }
 
-    def wait_for(self, trigger: Any, jobs: Mapping[int, str]) -> dict[int, WatchEvent]:
+    def wait_for(
+        self, trigger: Any, jobs: Mapping[int, str], every_poll: Callable[[], object] | None = None
+    ) -> dict[int, WatchEvent]:
         """Defer to ``trigger`` (``execute_complete`` goes on); in blocking mode, poll here until the instances in
-        {instance id: job id} have ended and return their events."""
+        {instance id: job id} have ended and return their events (``every_poll``: what the trigger does on each
+        poll besides watching)."""
         if self.deferrable:
             self.defer(trigger=trigger, method_name="execute_complete", timeout=self.execution_timeout)
         poller = Poller(self.services, self.cluster_backend, self.lost_grace_s)
-        return poller.wait_all_blocking(jobs, self.resolved_poll_interval)
+        return poller.wait_all_blocking(jobs, self.resolved_poll_interval, every_poll)
 
     # -- outcomes ------------------------------------------------------------------------------------------------
     @contextmanager

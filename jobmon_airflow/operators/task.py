@@ -18,6 +18,7 @@ from jobmon_airflow.operators.base import JobmonBaseOperator, is_templated
 from jobmon_airflow.resources import Resources
 from jobmon_airflow.service import TaskSpec
 from jobmon_airflow.service.core import bounded_name
+from jobmon_airflow.ui.links import JobmonLink
 
 RETRY_DELAY = timedelta(seconds=5)
 
@@ -29,6 +30,7 @@ class JobmonTaskOperator(JobmonBaseOperator):
     """
 
     template_fields: Sequence[str] = ("command", "compute_resources", "name")
+    operator_extra_links = (JobmonLink(),)  # the task instance's Jobmon page
     ui_color = "#d9ead3"
 
     def __init__(self, *, command: str, name: str | None = None, max_attempts: int = 3, **kwargs: Any) -> None:

@@ -286,47 +286,59 @@ class Queries(Store):
 
     def workflow_tasks(self, workflow_id: int) -> list[dict[str, Any]]:
         """Jobmon's ``workflow tasks`` rows with each task's newest instance."""
-        latest = sa.select(TI.c.task_id, sa.func.max(TI.c.id).label("ti_id")).group_by(TI.c.task_id).subquery("latest")
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(
-                    TASK.c.id,
-                    TASK.c.name,
-                    TASK.c.status,
-                    TASK.c.num_attempts,
-                    TI.c.id.label("ti_id"),
-                    TI.c.status.label("ti_status"),
-                    TI.c.distributor_id,
-                    TI.c.nodename,
-                    TI.c.exit_status,
-                    TI.c.maxrss,
-                    TI.c.wallclock,
-                    TASK_RESOURCES.c.requested_resources,
-                )
-                .select_from(TASK)
-                .outerjoin(latest, latest.c.task_id == TASK.c.id)
-                .outerjoin(TI, TI.c.id == latest.c.ti_id)
+                tasks_with_newest_instance(TASK.c.workflow_id == workflow_id, TASK_RESOURCES.c.requested_resources)
                 .outerjoin(TASK_RESOURCES, TASK_RESOURCES.c.id == TI.c.task_resources_id)
-                .where(TASK.c.workflow_id == workflow_id)
                 .order_by(TASK.c.id)
             ).all()
-        return [
-            {
-                "TASK_ID": r.id,
-                "TASK_NAME": r.name,
-                "STATUS": states.bucket_of(states.TASK_BUCKETS, r.status),
-                "RETRIES": max(r.num_attempts - 1, 0),
-                "TASK_INSTANCE_ID": r.ti_id,
-                "TI_STATUS": r.ti_status,
-                "DISTRIBUTOR_ID": r.distributor_id,
-                "HOST": r.nodename,
-                "EXIT": r.exit_status,
-                "MAXRSS_MB": round(r.maxrss / 2**20, 1) if r.maxrss else None,
-                "WALLCLOCK_S": round(r.wallclock, 1) if r.wallclock is not None else None,
-                "REQUESTED": r.requested_resources,
-            }
-            for r in rows
-        ]
+        return [{**task_status_row(r), "REQUESTED": r.requested_resources} for r in rows]
+
+
+#: A task's columns and its newest instance's, named as :class:`~.insight_types.TaskRow` names them.
+TASK_ROW_COLUMNS = (
+    TASK.c.id, TASK.c.name, TASK.c.airflow_task_id, TASK.c.map_index, TASK.c.status, TASK.c.status_date,
+    TASK.c.num_attempts, TASK.c.max_attempts, TI.c.id.label("task_instance_id"),
+    TI.c.status.label("task_instance_status"), TI.c.distributor_id, TI.c.nodename, TI.c.exit_status, TI.c.maxrss,
+    TI.c.wallclock,
+)  # fmt: skip
+
+
+def tasks_with_newest_instance(task_filter: Any, *columns: Any) -> sa.Select[Any]:
+    """The tasks ``task_filter`` picks (:data:`TASK_ROW_COLUMNS` and ``columns``), each with its newest instance
+    (outer join: None without one), looked up for those tasks only."""
+    newest = (
+        sa.select(TI.c.task_id, sa.func.max(TI.c.id).label("ti_id"))
+        .join(TASK, TASK.c.id == TI.c.task_id)
+        .where(task_filter)
+        .group_by(TI.c.task_id)
+        .subquery("newest")
+    )
+    return (
+        sa.select(*TASK_ROW_COLUMNS, *columns)
+        .select_from(TASK)
+        .outerjoin(newest, newest.c.task_id == TASK.c.id)
+        .outerjoin(TI, TI.c.id == newest.c.ti_id)
+        .where(task_filter)
+    )
+
+
+def task_status_row(t: Any) -> dict[str, Any]:
+    """Jobmon's ``workflow tasks`` columns of a task with its newest instance (a row of
+    :func:`tasks_with_newest_instance` or a :class:`~.insight_types.TaskRow`)."""
+    return {
+        "TASK_ID": t.id,
+        "TASK_NAME": t.name,
+        "STATUS": states.bucket_of(states.TASK_BUCKETS, t.status),
+        "RETRIES": max(t.num_attempts - 1, 0),
+        "TASK_INSTANCE_ID": t.task_instance_id,
+        "TI_STATUS": t.task_instance_status,
+        "DISTRIBUTOR_ID": t.distributor_id,
+        "HOST": t.nodename,
+        "EXIT": t.exit_status,
+        "MAXRSS_MB": round(t.maxrss / 2**20, 1) if t.maxrss else None,
+        "WALLCLOCK_S": round(t.wallclock, 1) if t.wallclock is not None else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ LOOKUPS = {
 # (table, columns) the service's hot queries filter on: triage scan, workflow status counts, job-id lookups.
 HOT_INDEXES = [
     ("task_instance", ["status", "report_by_date"]),
-    ("task", ["workflow_id", "status"]),
+    ("task", ["workflow_id", "status", "num_attempts"]),  # the workflows list: counts and retries per status
+    # resource usage, covered: one ordered pass over a workflow's instances
+    ("task_instance", ["workflow_run_id", "status", "array_id", "task_resources_id", "maxrss", "wallclock"]),
     ("task_instance", ["distributor_id"]),
     ("workflow_run", ["status", "heartbeat_date"]),
     ("task_instance", ["usage_source", "id"]),

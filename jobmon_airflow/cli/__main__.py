@@ -1,0 +1,5 @@
+import sys
+
+from jobmon_airflow.cli import main
+
+sys.exit(main())
