@@ -6,17 +6,21 @@ cache): a temporary file in the same directory, then a rename, so a reader sees 
 
 Private means this user only, whatever the umask: files 0600, directories 0700 (a log root may be shared by many
 users; what Jobmon writes there holds commands, tokens and results).
+
+The worker node writes its exit record with this module at every job's start and end, so it imports only what
+``write_atomically`` needs (``json`` and ``pathlib`` are imported by the functions that use them).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import secrets
 import stat
-from pathlib import Path
-from typing import Any, BinaryIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy and ruff read the name)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, BinaryIO
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
@@ -29,19 +33,26 @@ def make_private_dirs(path: str | os.PathLike[str], mode: int = PRIVATE_DIR) -> 
     Directories that already exist (or links to them, as for ``mkdir -p``) are left as they are: a site's shared
     log root keeps its mode. OSError when a component exists and is not a directory.
     """
-    target = Path(os.path.abspath(os.fspath(path)))
-    missing: list[Path] = []
+    from pathlib import Path
+
+    return Path(_make_private_dirs(os.fspath(path), mode))
+
+
+def _make_private_dirs(path: str, mode: int) -> str:
+    target = os.path.abspath(path)
+    missing: list[str] = []
     current = target
-    while not current.is_dir():
+    while not os.path.isdir(current):
         missing.append(current)  # a non-directory here makes mkdir below fail with FileExistsError
-        if current.parent == current:
+        parent = os.path.dirname(current)
+        if parent == current:
             break
-        current = current.parent
+        current = parent
     for directory in reversed(missing):
         try:
             os.mkdir(directory, mode)
         except FileExistsError:
-            if directory.is_dir():
+            if os.path.isdir(directory):
                 continue  # created by a concurrent caller: theirs to set up
             raise
         # mkdir applied the umask; set the mode on the directory we made (never through a link put in its place).
@@ -51,6 +62,11 @@ def make_private_dirs(path: str | os.PathLike[str], mode: int = PRIVATE_DIR) -> 
         finally:
             os.close(fd)
     return target
+
+
+def _token_hex() -> str:
+    """A random name part, as ``secrets.token_hex(8)`` makes it (``secrets`` costs its importers ~3 ms)."""
+    return os.urandom(8).hex()
 
 
 def write_atomically(
@@ -65,11 +81,11 @@ def write_atomically(
     """
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
-    make_private_dirs(directory)
+    _make_private_dirs(directory, PRIVATE_DIR)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_TMP_ATTEMPTS):
         # Unique per writer (processes and threads): concurrent writers of one path each rename a whole file.
-        tmp = os.path.join(directory, f".{os.path.basename(target)}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        tmp = os.path.join(directory, f".{os.path.basename(target)}.{os.getpid()}.{_token_hex()}.tmp")
         try:
             fd = os.open(tmp, flags, mode)
         except FileExistsError:
@@ -114,13 +130,18 @@ def open_private_append(path: str | os.PathLike[str]) -> BinaryIO:
 
 
 def write_json(path: str | os.PathLike[str], data: Any, *, durable: bool = False, mode: int = PRIVATE_FILE) -> None:
+    import json
+
     write_atomically(path, json.dumps(data), durable=durable, mode=mode)
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """A JSON object from ``path``; None when the file is missing, unreadable or not a JSON object."""
+    import json
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as fh:
+            data = json.loads(fh.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -6,11 +6,17 @@ record beside its logs first, then the cluster's accounting; a job gone from the
 period is lost. Evidence is read before deadlines are enforced: an instance whose job left a record is concluded
 from it, never failed for a missing heartbeat. One poll covers every watched instance of a process with one
 database query, one cluster status call and one accounting call, however many tasks are deferred.
+
+Between polls, an instance watched for less than one interval gets quick looks (soon after submission, then
+backing off to the interval): one database query for all such instances, no cluster call, so a short task ends
+when its worker reports the end instead of a whole interval later, and the cluster still sees one status call per
+interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -18,7 +24,7 @@ import os
 import stat
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOST_GRACE_S = 60.0  # accounting can lag behind a job leaving the queue
 MAX_FAILED_POLLS = 60  # blocking mode: an hour of failed polls at one a minute, then the try fails
+FIRST_LOOK_S = 0.25  # the first quick look after a watch starts: a trivial job has often ended by then
+LOOK_BACKOFF = 1.5  # each further look waits this much longer, up to the poll interval
 TIS = states.TaskInstanceStatus
 
 #: Instance statuses that end the wait (K: a kill was requested, the operator finishes the job).
@@ -159,6 +167,18 @@ class _Watch:
     job_id: str
     gone_since: float | None = None
     future: asyncio.Future[WatchEvent] | None = None
+    added: float = field(default_factory=time.monotonic)
+    looks: int = 0
+    look_due: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.look_due = self.look_due or self.added + FIRST_LOOK_S
+
+    def looked(self, now: float, poll_interval: float) -> None:
+        """Schedule the next quick look; none once the watch is an interval old (the polls cover it)."""
+        self.looks += 1
+        delay = min(poll_interval, FIRST_LOOK_S * LOOK_BACKOFF**self.looks)
+        self.look_due = now + delay if now + delay < self.added + poll_interval else float("inf")
 
 
 @dataclass
@@ -169,6 +189,7 @@ class Poller:
     cluster: Cluster
     lost_grace_s: float = DEFAULT_LOST_GRACE_S
     polls: int = 0
+    looks: int = 0
     failed_polls: int = 0
     watched: dict[int, _Watch] = field(default_factory=dict)
 
@@ -220,6 +241,39 @@ class Poller:
                 events[i] = ended
         return events
 
+    def look(self, ti_ids: Iterable[int], poll_interval: float) -> dict[int, WatchEvent]:
+        """A quick look between polls at ``ti_ids``: one database query, no cluster call. Ends the instances the
+        database already holds as ended (their worker reported the end); the rest wait for the next look or poll."""
+        ids = [i for i in ti_ids if i in self.watched]
+        if not ids:
+            return {}
+        self.looks += 1
+        views = self.services.queries.task_instances(ids)
+        now = time.monotonic()
+        events: dict[int, WatchEvent] = {}
+        for i in ids:
+            self.watched[i].looked(now, poll_interval)
+            view = views.get(i)
+            ended = outcome(view, None, None, None, 0.0, self.lost_grace_s) if view is not None else None
+            if ended is not None:
+                events[i] = ended
+        return events
+
+    def look_safely(self, ti_ids: Iterable[int], poll_interval: float) -> dict[int, WatchEvent]:
+        """:meth:`look`, or no events when the database is briefly away (the polls decide then)."""
+        try:
+            return self.look(ti_ids, poll_interval)
+        except Exception:
+            log.warning("Jobmon watcher: a quick look failed; the next poll decides", exc_info=True)
+            return {}
+
+    def due_looks(self, now: float) -> list[int]:
+        return [i for i, w in self.watched.items() if w.look_due <= now]
+
+    def next_look(self) -> float:
+        """When the next quick look is due (monotonic time; infinity when none is)."""
+        return min((w.look_due for w in self.watched.values()), default=float("inf"))
+
     def watch(self, jobs: Mapping[int, str]) -> None:
         """Add instances to watch: {instance id: job id}."""
         self.watched.update({ti_id: _Watch(job_id) for ti_id, job_id in jobs.items()})
@@ -243,20 +297,35 @@ class Poller:
         self.failed_polls = 0
         return events
 
-    def wait_all_blocking(self, jobs: Mapping[int, str], poll_interval: float) -> dict[int, WatchEvent]:
+    def wait_all_blocking(
+        self, jobs: Mapping[int, str], poll_interval: float, every_poll: Callable[[], object] | None = None
+    ) -> dict[int, WatchEvent]:
         """Blocking mode: poll until every instance in {instance id: job id} has ended. Failed polls are retried
-        each interval; after ``MAX_FAILED_POLLS`` in a row the wait fails (the try; the next one re-attaches)."""
+        each interval; after ``MAX_FAILED_POLLS`` in a row the wait fails (the try; the next one re-attaches).
+        ``every_poll`` runs after each poll while some are still waited for (an array applies changed limits);
+        its failure is logged and it runs again next poll."""
         self.watch(jobs)
         events: dict[int, WatchEvent] = {}
         try:
             while len(events) < len(jobs):
                 if self.failed_polls >= MAX_FAILED_POLLS:
                     raise RuntimeError(f"Jobmon watcher: {self.failed_polls} polls in a row failed; giving up this try")
+                next_poll = time.monotonic() + poll_interval
                 for ti_id, event in self.poll_safely().items():
                     events[ti_id] = event
                     self.watched.pop(ti_id, None)
+                if every_poll is not None and len(events) < len(jobs):
+                    try:
+                        every_poll()
+                    except Exception:
+                        log.warning("Jobmon watcher: the per-poll step failed; trying again next poll", exc_info=True)
+                while len(events) < len(jobs) and (due := self.next_look()) < next_poll:
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    for ti_id, event in self.look_safely(self.due_looks(time.monotonic()), poll_interval).items():
+                        events[ti_id] = event
+                        self.watched.pop(ti_id, None)
                 if len(events) < len(jobs):
-                    time.sleep(poll_interval)
+                    time.sleep(max(0.0, next_poll - time.monotonic()))
             return events
         finally:
             for ti_id in jobs:
@@ -275,6 +344,7 @@ class SharedWatcher:
         self.poller = poller
         self.poll_interval = poll_interval
         self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # a new watch: its first quick look may be due before the loop wakes
 
     @classmethod
     async def get(
@@ -292,6 +362,7 @@ class SharedWatcher:
     async def wait(self, ti_id: int, job_id: str) -> WatchEvent:
         future: asyncio.Future[WatchEvent] = asyncio.get_running_loop().create_future()
         self.poller.watched[ti_id] = _Watch(job_id, future=future)
+        self._changed.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop())
         try:
@@ -305,11 +376,24 @@ class SharedWatcher:
         return dict(zip(jobs, events, strict=True))
 
     async def _loop(self) -> None:
+        """A full poll every interval for all watches; quick looks (database only) in between for young ones."""
+        next_poll = time.monotonic()
         while self.poller.watched:
-            # A failed poll (DB or cluster hiccup) must not end every watch: it is retried next interval.
-            events = await asyncio.to_thread(self.poller.poll_safely)
-            for ti_id, event in events.items():
-                w = self.poller.watched.get(ti_id)
-                if w is not None and w.future is not None and not w.future.done():
-                    w.future.set_result(event)
-            await asyncio.sleep(self.poll_interval)
+            if (started := time.monotonic()) >= next_poll:
+                # One poll per interval, counted from poll start to poll start (the poll's own time included).
+                next_poll = started + self.poll_interval
+                # A failed poll (DB or cluster hiccup) must not end every watch: it is retried next interval.
+                self._deliver(await asyncio.to_thread(self.poller.poll_safely))
+            elif due := self.poller.due_looks(time.monotonic()):
+                self._deliver(await asyncio.to_thread(self.poller.look_safely, due, self.poll_interval))
+            self._changed.clear()
+            delay = min(next_poll, self.poller.next_look()) - time.monotonic()
+            if delay > 0 and self.poller.watched:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), delay)
+
+    def _deliver(self, events: Mapping[int, WatchEvent]) -> None:
+        for ti_id, event in events.items():
+            w = self.poller.watched.get(ti_id)
+            if w is not None and w.future is not None and not w.future.done():
+                w.future.set_result(event)

@@ -162,6 +162,12 @@ class Cluster(Protocol):
         """Delete jobs (one call); jobs already gone are not an error."""
         ...
 
+    def set_array_concurrency(self, limits: Mapping[str, int | None]) -> None:
+        """Change how many elements of submitted arrays may run at once ({array job id: limit, None: no limit of
+        its own}), as ``qalter -tc``: running elements go on, pending ones start only while under the limit.
+        Arrays already gone are not an error."""
+        ...
+
     def queue_limits(self, queue: str | None) -> QueueLimits:
         """Limits of a queue (None: the default queue); UnknownQueue when the cluster has no such queue."""
         ...

@@ -1,10 +1,14 @@
-"""The ``local`` cluster: jobs run on this machine, each under a detached shepherd, and look like Grid Engine jobs.
+"""The ``local`` cluster: jobs run on this machine under one detached supervisor per root, and look like Grid Engine
+jobs.
 
 The embedded default for laptops and demos. Callers see what they would see on Grid Engine: ids "12" and "12.3",
 the same log file names and job environment, PENDING until slots are free, h_vmem/h_rt kills as exit 137, and a
-``qdel`` of a running job as exit 137 (``local_shepherd`` does the running and enforcing). Everything lives in
-files under ``root`` (see the layout in ``local_shepherd``): several Airflow worker processes can submit and watch
-at the same time, and jobs outlive the process that submitted them.
+``qdel`` of a running job as exit 137 (``local_shepherd`` does the running and enforcing, ``local_supervisor``
+runs every job of the root in one process and forks worker nodes from it, warm). Everything lives in files under
+``root`` (see the layout in ``local_shepherd``): several Airflow worker processes can submit and watch at the same
+time, and jobs outlive the process that submitted them; a job is queued once its ``spec.json`` is written, and a
+supervisor that dies loses none of the jobs it had not started (the next one, started by the next submit, poll or
+kill, runs them).
 
 There is one queue, ``local``: a job that names no queue gets it, any other queue name is refused with
 :class:`~jobmon_airflow.clusters.base.UnknownQueue` (a configuration error, as on Grid Engine).
@@ -16,8 +20,7 @@ import contextlib
 import fcntl
 import os
 import subprocess
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -32,34 +35,35 @@ from jobmon_airflow.clusters.base import (
     split_job_id,
 )
 from jobmon_airflow.clusters.local_shepherd import (
+    CONCURRENCY,
+    ENDED,
     KILL,
     SHEPHERD,
-    SHEPHERD_LOG,
     SPEC,
     element_file,
     is_alive,
     kill_file,
     kill_sessions,
 )
+from jobmon_airflow.clusters.local_supervisor import LOG as SUPERVISOR_LOG
+from jobmon_airflow.clusters.local_supervisor import ensure_running
 from jobmon_airflow.files import (
     PRIVATE_DIR,
     PRIVATE_FILE,
     make_private_dirs,
-    open_private_append,
     read_json,
     write_json,
 )
-from jobmon_airflow.procfs import proc_stat
 from jobmon_airflow.resources import QueueLimits
 
 QUEUE = "local"
 _EXIT_FIELDS = frozenset(f.name for f in fields(ExitInfo)) - {"job_id", "kind"}
-# Shepherds started by this process: polled now and then so that they do not linger as zombies.
-_shepherds: list[subprocess.Popen[bytes]] = []
+# Supervisors started by this process: polled now and then so that they do not linger as zombies.
+_supervisors: list[subprocess.Popen[bytes]] = []
 
 
-def _reap_shepherds() -> None:
-    _shepherds[:] = [p for p in _shepherds if p.poll() is None]
+def _reap_supervisors() -> None:
+    _supervisors[:] = [p for p in _supervisors if p.poll() is None]
 
 
 def _physical_memory_gib() -> float:
@@ -78,11 +82,11 @@ def _split(job_id: str) -> tuple[str, int | None]:
 
 @dataclass(frozen=True)
 class _JobView:
-    """One job directory as seen in one pass: shepherd liveness first, then the listing (so no record is missed)."""
+    """One job directory as seen in one pass: claimant liveness first, then the listing (so no record is missed)."""
 
     dir: Path
-    launched: bool  # submit got as far as starting the shepherd
-    alive: bool
+    launched: bool  # submit got as far as writing the spec: the job is queued
+    alive: bool  # a live supervisor has claimed it
     shepherd_pid: int | None
     array_length: int | None
     names: frozenset[str]
@@ -104,12 +108,17 @@ class _JobView:
         if element is None and self.array_length is not None:
             states = {self.state(e) for e in self.elements()}
             return next((s for s in _ARRAY_ORDER if s in states), (JobState.GONE, ""))
-        if element_file("exit", element) in self.names or not self.alive:
-            return JobState.GONE, ""
         started = element_file("started", element) in self.names
+        if element_file("exit", element) in self.names or (started and not self.alive):
+            return JobState.GONE, ""  # ended, or lost with the supervisor that ran it
         if KILL in self.names or kill_file(element) in self.names:
             return JobState.DELETING, "dr" if started else "dqw"
         return (JobState.RUNNING, "r") if started else (JobState.PENDING, "qw")
+
+    @property
+    def unattended(self) -> bool:
+        """Queued, not ended, and no live supervisor has it: one must be started."""
+        return self.launched and not self.alive and ENDED not in self.names
 
 
 _ARRAY_ORDER = [
@@ -168,29 +177,20 @@ class LocalCluster:
             "slots": self.slots,
             "slots_dir": str(self.slots_dir),
         }
-        write_json(job_dir / SPEC, spec)
-        _reap_shepherds()
+        write_json(job_dir / SPEC, spec)  # queued from here on: a supervisor runs it
         try:
-            with open_private_append(job_dir / SHEPHERD_LOG) as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "jobmon_airflow.clusters.local_shepherd", str(job_dir)],
-                    cwd=job_dir,
-                    # Detached: Airflow's deferral ends the submitting process, the job must go on.
-                    start_new_session=True,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    close_fds=True,
-                )
+            self._supervise()
         except OSError as exc:
-            raise SubmissionError(f"local: could not start the shepherd of job {job_id}: {exc}") from exc
-        _shepherds.append(proc)
-        stat = proc_stat(proc.pid)  # our unreaped child: its /proc entry exists even if it already ended
-        write_json(
-            job_dir / SHEPHERD,
-            {"pid": proc.pid, "start_ticks": stat.start_ticks if stat else None, "array_length": job.array_length},
-        )
+            (job_dir / KILL).touch(mode=PRIVATE_FILE)  # a later supervisor records it deleted, never runs it
+            raise SubmissionError(f"local: could not start the supervisor for job {job_id}: {exc}") from exc
         return job_id
+
+    def _supervise(self) -> None:
+        """Wake the root's supervisor, starting one if none runs."""
+        _reap_supervisors()
+        proc = ensure_running(self.root)
+        if proc is not None:
+            _supervisors.append(proc)
 
     def _validate(self, job: JobRequest) -> None:
         """Refuse what can never run, as ``qsub -w e`` does (a local job would otherwise wait forever)."""
@@ -232,12 +232,17 @@ class LocalCluster:
 
     def _view(self, number: str) -> _JobView:
         job_dir = self.jobs_dir / number
-        shepherd = read_json(job_dir / SHEPHERD) if number else None
-        if shepherd is None:
+        if not number:
             return _JobView(job_dir, False, False, None, None, frozenset())
-        alive = is_alive(shepherd["pid"], shepherd["start_ticks"])
-        names = frozenset(os.listdir(job_dir))  # after the liveness check: a dead shepherd's records are all here
-        return _JobView(job_dir, True, alive, shepherd["pid"], shepherd["array_length"], names)
+        claim = read_json(job_dir / SHEPHERD)
+        if claim is None:  # queued, not claimed yet
+            spec = read_json(job_dir / SPEC)
+            names = frozenset(os.listdir(job_dir)) if spec is not None else frozenset()
+            array_length = spec.get("array_length") if spec is not None else None
+            return _JobView(job_dir, spec is not None, False, None, array_length, names)
+        alive = is_alive(claim["pid"], claim["start_ticks"])
+        names = frozenset(os.listdir(job_dir))  # after the liveness check: a dead supervisor's records are all here
+        return _JobView(job_dir, True, alive, claim["pid"], claim["array_length"], names)
 
     def _views(self, job_ids: Iterable[str]) -> list[tuple[str, int | None, _JobView]]:
         cache: dict[str, _JobView] = {}
@@ -250,10 +255,14 @@ class LocalCluster:
         return out
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
-        _reap_shepherds()
+        views = self._views(job_ids)
+        if any(view.unattended for _, _, view in views):
+            self._supervise()  # its supervisor died (or never started): a new one takes the queued jobs
+        else:
+            _reap_supervisors()
         return {
             job_id: JobStatus(job_id, state, raw)
-            for job_id, element, view in self._views(job_ids)
+            for job_id, element, view in views
             for state, raw in [view.state(element)]
         }
 
@@ -261,8 +270,13 @@ class LocalCluster:
         """Jobs not yet ended that were submitted under ``name`` (a scan of the job directories)."""
         found = []
         for job_dir in self.jobs_dir.iterdir():
+            if (job_dir / ENDED).exists():
+                continue
             spec = read_json(job_dir / SPEC)
-            if spec is not None and spec.get("name") == name and self._view(job_dir.name).alive:
+            if spec is None or spec.get("name") != name:
+                continue
+            view = self._view(job_dir.name)
+            if any(view.state(e)[0] != JobState.GONE for e in view.elements()):
                 found.append(job_dir.name)
         return sorted(found, key=int)
 
@@ -280,7 +294,7 @@ class LocalCluster:
             if record is not None:
                 usage = {k: v for k, v in record.items() if k in _EXIT_FIELDS}
                 out[job_id] = ExitInfo(job_id, ExitKind(record["kind"]), **usage)
-            elif not view.alive:
+            elif not view.alive and element_file("started", element) in view.names:
                 out[job_id] = self._lost(job_id, element, view)
         return out
 
@@ -290,8 +304,8 @@ class LocalCluster:
         return ExitInfo(
             job_id,
             ExitKind.LOST,
-            reason=f"the shepherd (pid {view.shepherd_pid}) ended {when} without an exit record; "
-            f"see {view.dir / SHEPHERD_LOG}",
+            reason=f"the supervisor (pid {view.shepherd_pid}) ended {when} without an exit record; "
+            f"see {self.root / SUPERVISOR_LOG}",
             hostname=started.get("hostname"),
             start_time=started.get("start_time"),
         )
@@ -301,10 +315,12 @@ class LocalCluster:
     def kill(self, job_ids: Sequence[str]) -> None:
         """Mark for deletion (the shepherd records DELETED; pending elements never start) and SIGKILL the trees."""
         leaders: dict[int, int] = {}
+        marked = False
         for _job_id, element, view in self._views(job_ids):
             if not view.has(element):
                 continue  # unknown or already cleaned up: not an error, as qdel of a finished job
             (view.dir / kill_file(element)).touch(mode=PRIVATE_FILE)
+            marked = True
             targets = view.elements() if element is None else [element]
             for target in targets:
                 if element_file("exit", target) in view.names or element_file("started", target) not in view.names:
@@ -312,6 +328,28 @@ class LocalCluster:
                 started = read_json(view.dir / element_file("started", target)) or {}
                 if started.get("start_ticks") is not None:
                     leaders[started["pid"]] = started["start_ticks"]
-        # The shepherd would kill within one poll; doing it here too makes kill() immediate, and also reaches the
-        # processes of a job whose shepherd died.
+        # The supervisor would kill within one poll; doing it here too makes kill() immediate, and also reaches the
+        # processes of a job whose supervisor died.
         kill_sessions(leaders)
+        if marked:
+            self._supervise()  # pending jobs get their DELETED record now, not at the next poll
+
+    # -- concurrency
+
+    def set_array_concurrency(self, limits: Mapping[str, int | None]) -> None:
+        """As ``qalter -tc``: the array's new limit goes to ``concurrency.json`` in its job directory and the
+        supervisor is woken; it starts elements only while fewer than the limit run. Ended arrays are skipped."""
+        changed = False
+        for job_id, limit in limits.items():
+            number, element = _split(job_id)
+            if element is not None:
+                raise ValueError(f"set_array_concurrency: expected an array job id 'J', got an element {job_id!r}")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                raise ValueError(f"set_array_concurrency: expected a limit ≥ 1 or None for job {job_id}, got {limit!r}")
+            view = self._view(number)
+            if not view.launched or view.array_length is None or ENDED in view.names:
+                continue  # unknown, not an array, or every element has ended: nothing left to limit
+            write_json(view.dir / CONCURRENCY, {"max_concurrent": limit})
+            changed = True
+        if changed:
+            self._supervise()

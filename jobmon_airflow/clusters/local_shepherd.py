@@ -1,31 +1,33 @@
-"""The per-job supervisor of the ``local`` cluster: Grid Engine's execd and sge_shepherd in one small process.
+"""One job of the ``local`` cluster as Grid Engine's sge_shepherd runs it: wait for slots, run each element, enforce
+memory and runtime as execd does, write one exit record per element.
 
-``LocalCluster.submit`` starts it detached as ``python -m jobmon_airflow.clusters.local_shepherd <job_dir>``. It
-waits for slots, runs each element of the job (one for a single job, 1..N for an array, at most ``max_concurrent``
-at once) with ``argv`` exactly as given, enforces memory and runtime as execd does, and writes one exit record per
-element. Standard library (and the package's stdlib-only modules) only, so that it starts in a few tens of
-milliseconds.
+:class:`Shepherd` is one job's state; the root's one supervisor (:mod:`local_supervisor`) drives the shepherds of
+all its jobs in one loop and one process. Each element runs ``argv`` exactly as given (one for a single job, 1..N
+for an array, at most ``max_concurrent`` at once); a worker-node argv is forked from the supervisor, which has
+imported the worker node already, instead of starting a new interpreter (``Shepherd.fork_worker``). Standard
+library (and the package's stdlib-only modules) only.
 
 Job directory (``<root>/jobs/<id>/``), the contract with ``local.py``:
 
 =====================  ===========================================================================
-``spec.json``          the request (written by submit)
-``shepherd.json``      pid and start time of this process, array length (written by submit)
+``spec.json``          the request (written by submit; the job is queued from then on)
+``shepherd.json``      pid and start time of the supervisor running the job, array length (its claim)
 ``started[.i].json``   the element got its slots and runs: leader pid, start ticks, host, start time
 ``exit[.i].json``      how the element ended: the fields of ``base.ExitInfo``
 ``kill``, ``kill.i``   deletion requested for the whole job / one element (written by ``kill()``)
-``shepherd.log``       this process's own stdout and stderr (a traceback here means the job is LOST)
+``concurrency.json``   an array's changed limit of running elements (``set_array_concurrency``, as ``qalter -tc``)
+``shepherd.log``       what the supervisor did with this job (claims, errors starting it)
+``ended``              every element has its exit record (the supervisor skips the job from then on)
 =====================  ===========================================================================
 
 Slots are ``<root>/slots/0..slots-1``; an element holds ``cores`` of them with ``flock`` for its life, so slots
-free themselves when a shepherd dies.
+free themselves when the supervisor dies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import resource
@@ -40,17 +42,21 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from jobmon_airflow.clusters.base import ExitKind, log_file_paths
-from jobmon_airflow.files import PRIVATE_FILE, open_private_append, write_json
+from jobmon_airflow.clusters.local_slots import SlotPool
+from jobmon_airflow.files import open_private_append, read_json, write_json
 from jobmon_airflow.procfs import live_processes, proc_stat
 
 POLL_S = 0.2  # memory sampling and slot polling interval, as execd's load-report cadence but finer
 SPEC = "spec.json"
 SHEPHERD = "shepherd.json"
 SHEPHERD_LOG = "shepherd.log"
+ENDED = "ended"
 KILL = "kill"
+CONCURRENCY = "concurrency.json"
+WORKER_MODULE = "jobmon_airflow.worker_node"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _PR_SET_PDEATHSIG = 1
 _DEFAULT_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -121,11 +127,42 @@ def kill_sessions(leaders: Mapping[int, int]) -> None:
 # ---- the shepherd --------------------------------------------------------------------------------------------
 
 
+class Process(Protocol):
+    """What the shepherd needs of a started leader: a ``subprocess.Popen`` or a forked worker node."""
+
+    pid: int
+    returncode: int | None
+
+
+@dataclass
+class Forked:
+    pid: int
+    returncode: int | None = None
+
+
+#: Forks the worker node with (its options, env, cwd, stdout fd, stderr fd, memory bytes); returns its leader.
+ForkWorker = Callable[[list[str], dict[str, str], Path, int, int, int], Process]
+
+
+def worker_options(argv: list[str]) -> list[str] | None:
+    """The worker node's options when ``argv`` starts it with this interpreter (what the fork server can run
+    without exec: ``python -m jobmon_airflow.worker_node ...`` or ``worker_node.python_argv()``), else None."""
+    prefixes = [[sys.executable, "-m", WORKER_MODULE]]
+    with contextlib.suppress(ImportError, AttributeError):
+        from jobmon_airflow import worker_node
+
+        prefixes.append(list(worker_node.python_argv()))
+    for prefix in prefixes:
+        if argv[: len(prefix)] == prefix:
+            return argv[len(prefix) :]
+    return None
+
+
 @dataclass
 class _Element:
     index: int | None  # None for a single job
     job_id: str  # "12" or "12.3"
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     pidfd: int | None = None
     slots: list[int] = field(default_factory=list)
     started_mono: float = 0.0
@@ -157,7 +194,9 @@ def _child_setup(memory_bytes: int) -> Callable[[], None]:
 
 
 class Shepherd:
-    def __init__(self, job_dir: Path) -> None:
+    """One job: its pending and running elements. ``step`` advances it; the supervisor calls it in its loop."""
+
+    def __init__(self, job_dir: Path, pool: SlotPool | None = None, fork_worker: ForkWorker | None = None) -> None:
         self.dir = job_dir
         spec = json.loads((job_dir / SPEC).read_text())
         self.job_id: str = spec["job_id"]
@@ -168,27 +207,94 @@ class Shepherd:
         self.cores: int = spec["cores"]
         self.memory_bytes: int = spec["memory_bytes"]
         self.runtime_s: int = spec["runtime_s"]
-        self.slots_dir = Path(spec["slots_dir"])
         self.n_slots: int = spec["slots"]
         self.array_length: int | None = spec["array_length"]
+        self.pool = pool or SlotPool(Path(spec["slots_dir"]))
+        self.worker_options = worker_options(self.argv) if fork_worker is not None else None
+        self.fork_worker = fork_worker
         self.host = socket.gethostname()
         if self.array_length is None:
-            self.pending = deque([_Element(None, self.job_id)])
+            elements = [_Element(None, self.job_id)]
         else:
-            self.pending = deque(_Element(i, f"{self.job_id}.{i}") for i in range(1, self.array_length + 1))
-        self.max_running: int = spec["max_concurrent"] or len(self.pending)
+            elements = [_Element(i, f"{self.job_id}.{i}") for i in range(1, self.array_length + 1)]
+        self.pending = deque(self._not_ended(elements))
+        self.all_elements = len(elements)
+        self.max_running: int = spec["max_concurrent"] or self.all_elements
+        self.concurrency_seen: tuple[int, int] | None = None  # (inode, mtime) of the concurrency.json applied last
         self.running: list[_Element] = []
-        self.slot_fds: dict[int, int] = {}
-        self.held: set[int] = set()  # slots held by our elements: flock on our own fd would "succeed" again
         self.terminated = False
 
+    def _not_ended(self, elements: list[_Element]) -> list[_Element]:
+        """The elements still to run. After a supervisor died, an element it had started but that has no exit
+        record ran without supervision: its processes are ended and it is recorded LOST, as a dead execd's jobs
+        are; elements it had not started run now."""
+        names = set(os.listdir(self.dir))
+        todo = []
+        for elem in elements:
+            if element_file("exit", elem.index) in names:
+                continue
+            if element_file("started", elem.index) not in names:
+                todo.append(elem)
+                continue
+            started = read_json(self.dir / element_file("started", elem.index)) or {}
+            if started.get("pid") and started.get("start_ticks") is not None:
+                kill_sessions({started["pid"]: started["start_ticks"]})
+            self.host = started.get("hostname") or self.host
+            self._record(
+                elem, ExitKind.LOST, None, None,
+                "the supervisor running the job ended while the job ran, without an exit record; "
+                f"see {self.dir / SHEPHERD_LOG}",
+                start_time=started.get("start_time"),
+            )  # fmt: skip
+        return todo
+
+    @property
+    def done(self) -> bool:
+        return not self.pending and not self.running
+
+    def kill_marks(self) -> set[str]:
+        return {n for n in os.listdir(self.dir) if n.startswith(KILL)}
+
+    def refresh(self) -> set[str]:
+        """What the job directory asks for now: the kill marks, and a changed concurrency limit (applied here: it
+        holds for the elements started from now on; running ones go on, as with ``qalter -tc``)."""
+        names = os.listdir(self.dir)
+        if CONCURRENCY in names:
+            self._apply_concurrency()
+        return {n for n in names if n.startswith(KILL)}
+
+    def _apply_concurrency(self) -> None:
+        try:
+            st = os.stat(self.dir / CONCURRENCY)
+        except FileNotFoundError:
+            return
+        seen = (st.st_ino, st.st_mtime_ns)  # written atomically (a new inode each time): read once per write
+        if seen == self.concurrency_seen:
+            return
+        limit = (read_json(self.dir / CONCURRENCY) or {}).get("max_concurrent")
+        if limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1):
+            self.max_running = limit or self.all_elements
+            self.concurrency_seen = seen
+
+    def leaders(self) -> list[int]:
+        return [e.proc.pid for e in self.running if e.proc]
+
+    def pidfds(self) -> list[int]:
+        return [e.pidfd for e in self.running if e.pidfd is not None]
+
+    def step(self, marks: set[str], members: Mapping[int, list[int]] | None = None, enforce: bool = True) -> None:
+        """Reap ended elements, enforce limits and deletions on running ones (``enforce``: sample now), start
+        pending ones slots allow."""
+        self._reap()
+        if enforce:
+            self._enforce(marks, members)
+        self._start(marks)
+
     def run(self) -> None:
+        """This job alone, until every element has ended (the supervisor drives many jobs instead)."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        while self.pending or self.running:
-            marks = {n for n in os.listdir(self.dir) if n.startswith(KILL)}
-            self._reap()
-            self._enforce(marks)
-            self._start(marks)
+        while not self.done:
+            self.step(self.refresh())
             self._wait()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
@@ -208,28 +314,10 @@ class Shepherd:
     # -- slots
 
     def _take_slots(self) -> list[int] | None:
-        """All ``cores`` slots at once or none, so that two multi-core jobs never hold half each and deadlock."""
-        got: list[int] = []
-        for k in range(self.n_slots):
-            if k in self.held:
-                continue
-            if k not in self.slot_fds:
-                self.slot_fds[k] = os.open(self.slots_dir / str(k), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
-            try:
-                fcntl.flock(self.slot_fds[k], fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            got.append(k)
-            if len(got) == self.cores:
-                self.held.update(got)
-                return got
-        self._release(got)
-        return None
+        return self.pool.take(self.cores, self.n_slots)
 
     def _release(self, slots: list[int]) -> None:
-        for k in slots:
-            fcntl.flock(self.slot_fds[k], fcntl.LOCK_UN)
-            self.held.discard(k)
+        self.pool.release(slots)
 
     # -- starting
 
@@ -270,16 +358,21 @@ class Shepherd:
         try:
             # Private (0600, never through a link) whatever the umask: logs hold commands' output and errors.
             with open_private_append(out_path) as out, open_private_append(err_path) as err:
-                elem.proc = subprocess.Popen(
-                    self.argv,
-                    cwd=self.log_dir,
-                    env=self._environment(elem),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,  # own session and process group: the unit we measure and kill
-                    preexec_fn=_child_setup(self.memory_bytes),
-                )
+                if self.fork_worker is not None and self.worker_options is not None:
+                    # Warm: the worker node is imported already in the supervisor, no new interpreter.
+                    env, fds = self._environment(elem), (out.fileno(), err.fileno())
+                    elem.proc = self.fork_worker(self.worker_options, env, self.log_dir, *fds, self.memory_bytes)
+                else:
+                    elem.proc = subprocess.Popen(
+                        self.argv,
+                        cwd=self.log_dir,
+                        env=self._environment(elem),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,  # own session and process group: the unit we measure and kill
+                        preexec_fn=_child_setup(self.memory_bytes),
+                    )
         except (OSError, subprocess.SubprocessError) as exc:
             # Grid Engine would put the job in error state; here the element simply fails, with the reason.
             reason = f"could not start {self.argv[0]!r}: {exc}"
@@ -306,11 +399,13 @@ class Shepherd:
 
     # -- watching
 
-    def _enforce(self, marks: set[str]) -> None:
-        """Sample the memory of every running job tree; SIGKILL trees over memory or runtime, or to be deleted."""
+    def _enforce(self, marks: set[str], members: Mapping[int, list[int]] | None = None) -> None:
+        """Sample the memory of every running job tree; SIGKILL trees over memory or runtime, or to be deleted.
+        ``members``: the sessions' processes, when the caller scanned /proc once for many jobs."""
         if not self.running:
             return
-        members = session_members(e.proc.pid for e in self.running if e.proc)
+        if members is None:
+            members = session_members(e.proc.pid for e in self.running if e.proc)
         now = time.monotonic()
         for elem in self.running:
             assert elem.proc is not None
@@ -362,11 +457,9 @@ class Shepherd:
             # Like Grid Engine, end the processes the job left behind, so its slots are really free.
             kill_pids(session_members([pid])[pid])
             _, status, usage = os.wait4(pid, 0)
-            if elem.killed is None and os.WIFSIGNALED(status):
-                # kill() marks, then signals: fresh marks tell its SIGKILL from one of unknown origin.
-                marks = {n for n in os.listdir(self.dir) if n.startswith(KILL)}
-                if self._kill_requested(elem, marks):
-                    elem.killed = self._deletion()
+            # kill() marks, then signals: fresh marks tell its SIGKILL from one of unknown origin.
+            if elem.killed is None and os.WIFSIGNALED(status) and self._kill_requested(elem, self.kill_marks()):
+                elem.killed = self._deletion()
             ended = time.monotonic(), time.time()  # before the slots go: the next job starts after this end
             elem.proc.returncode = os.waitstatus_to_exitcode(status)
             if elem.pidfd is not None:
@@ -433,15 +526,3 @@ class Shepherd:
             **usage,
         }
         write_json(self.dir / element_file("exit", elem.index), record)
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(f"usage: {argv[0]} <job_dir>", file=sys.stderr)
-        return 2
-    Shepherd(Path(argv[1])).run()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -4,7 +4,7 @@
 decide); operators defer and turn a :class:`Verdict` into an Airflow outcome. No Airflow here.
 """
 
-from jobmon_airflow.execution.array_run import ArrayOptions, ArrayProgress, ArrayRun
+from jobmon_airflow.execution.array_run import ArrayOptions, ArrayProgress, ArrayRun, apply_concurrency
 from jobmon_airflow.execution.jobs import JobSettings, Submission
 from jobmon_airflow.execution.outcomes import Verdict, VerdictKind, WorkflowIdentity, kill_instances, record_events
 from jobmon_airflow.execution.task_run import TaskRun
@@ -19,6 +19,7 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "WorkflowIdentity",
+    "apply_concurrency",
     "kill_instances",
     "record_events",
 ]

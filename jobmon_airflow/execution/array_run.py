@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobmon_airflow import states
-from jobmon_airflow.clusters.base import Cluster
-from jobmon_airflow.execution.jobs import JobSettings, queue_limits, submit_array_batch
+from jobmon_airflow.clusters.base import Cluster, split_job_id
+from jobmon_airflow.execution.jobs import JobSettings, queue_limits, submit_array_batches
 from jobmon_airflow.execution.outcomes import Verdict, VerdictKind, WorkflowIdentity, kill_instances, record_events
 from jobmon_airflow.records import WatchEvent
 from jobmon_airflow.resources import Resources
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TS = states.TaskStatus
 READY = (TS.REGISTERING, TS.ADJUSTING_RESOURCES)
 DEFAULT_BATCH_SIZE = 500  # Jobmon's MAX_BATCH_SIZE
+NO_LIMIT = 0  # ArrayProgress.concurrency: the live batches were given no limit of their own (no -tc)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ class ArrayOptions:
                 raise ValueError(f"{name}: expected a whole number ≥ 1, got {value!r}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ArrayProgress:
-    """Where a bound array stands: what an operator carries across deferrals (JSON through the trigger)."""
+    """Where a bound array stands: what an operator carries across deferrals (JSON through the trigger).
+    ``concurrency`` is updated as batches are submitted and limits applied (:func:`apply_concurrency`)."""
 
     array_id: int
     workflow_id: int
@@ -56,6 +58,8 @@ class ArrayProgress:
     requested: dict[str, Any] = field(default_factory=dict)
     try_number: int | None = None
     name: str = "array"  # the cluster job name of its batches (the Airflow task id)
+    # The array limit the live batches were given (NO_LIMIT: none); None: not known (a new try), applied once.
+    concurrency: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,7 +77,37 @@ class ArrayProgress:
             dict(data.get("requested") or {}),
             data.get("try_number"),
             str(data.get("name") or "array"),
+            data["concurrency"] if isinstance(data.get("concurrency"), int) else None,
         )
+
+
+def concurrency_shares(batches: Sequence[str], limit: int | None) -> dict[str, int | None]:
+    """{batch job id: its -tc}: the array's limit split among its live batches (-tc holds per job), at least 1
+    each; with one batch (the usual case under a limit: one batch at a time) it gets the whole limit."""
+    if limit is None:
+        return dict.fromkeys(batches)
+    k = len(batches)
+    return {job: max(1, limit // k + (1 if i < limit % k else 0)) for i, job in enumerate(batches)}
+
+
+def apply_concurrency(services: Services, cluster: Cluster, progress: ArrayProgress, live: Mapping[int, str]) -> bool:
+    """``jobmon-airflow workflow concurrency`` for batches already in the cluster: when the array's limit as
+    stored now differs from what its live batches were given (``progress.concurrency``), give it to them (one
+    cluster call, ``qalter -tc``) and note it in ``progress``. True when it changed something. Called every
+    advance and every poll of the waiting trigger, so a change holds within one poll."""
+    limit, _ = services.insights.concurrency_limits(progress.array_id)
+    wanted = NO_LIMIT if limit is None else limit
+    if progress.concurrency == wanted:
+        return False
+    batches = sorted({split_job_id(job_id)[0] for job_id in live.values()}, key=lambda j: (len(j), j))
+    if batches:
+        cluster.set_array_concurrency(concurrency_shares(batches, limit))
+        log.info(
+            "Jobmon array %s: max_concurrently_running %s → %s for live batches %s",
+            progress.array_id, progress.concurrency, limit or "none", ", ".join(batches),
+        )  # fmt: skip
+    progress.concurrency = wanted
+    return True
 
 
 class ArrayRun:
@@ -151,10 +185,17 @@ class ArrayRun:
         the verdict when nothing is live and nothing is ready."""
         queries = self.services.queries
         live = queries.array_live_instances(progress.array_id)
-        if not live:
-            self._submit_ready(progress)
-            live = queries.array_live_instances(progress.array_id)
+        if live:
+            apply_concurrency(self.services, self.cluster, progress, live)
+        else:
+            # What was just submitted is what is live (no second read of every element; one that already ended is
+            # concluded by the first look).
+            live = self._submit_ready(progress)
         return live if live else self._verdict(progress.array_id)
+
+    def apply_concurrency(self, progress: ArrayProgress, live: Mapping[int, str]) -> bool:
+        """:func:`apply_concurrency` with this run's services and cluster (blocking mode, every poll)."""
+        return apply_concurrency(self.services, self.cluster, progress, live)
 
     def record(self, events: Iterable[WatchEvent]) -> None:
         record_events(self.services, self.cluster, events)
@@ -162,13 +203,19 @@ class ArrayRun:
     def kill(self, array_id: int) -> None:
         kill_instances(self.services, self.cluster, self.services.queries.array_live_instances(array_id))
 
-    def _submit_ready(self, progress: ArrayProgress) -> None:
+    def _submit_ready(self, progress: ArrayProgress) -> dict[int, str]:
+        """Submit the ready elements; {instance id: element job id} of those submitted."""
         queries, opts = self.services.queries, self.options
+        submitted: dict[int, str] = {}
         ready = sorted(t for t, s in queries.array_task_statuses(progress.array_id).items() if s in READY)
         if not ready:
-            return
-        if opts.workflow_max_concurrently_running is not None:
-            room = opts.workflow_max_concurrently_running - queries.active_task_count(progress.workflow_id)
+            return submitted
+        # Read every round, not taken from the operator: `jobmon-airflow workflow concurrency` changes them while
+        # the array runs.
+        array_limit, workflow_limit = self.services.insights.concurrency_limits(progress.array_id)
+        progress.concurrency = NO_LIMIT if array_limit is None else array_limit  # what the new batches get
+        if workflow_limit is not None:
+            room = workflow_limit - queries.active_task_count(progress.workflow_id)
             ready = ready[: max(room, 0)]
         commands = queries.task_commands(ready)
         requested, limits = queue_limits(self.cluster, Resources.parse(progress.requested), opts.fallback_queues)
@@ -179,23 +226,26 @@ class ArrayRun:
         for plan in plans:
             for warning in plan.warnings:
                 log.warning("Array %s resources: %s", progress.array_id, warning)
-            for start in range(0, len(plan.task_ids), opts.batch_size):
-                submit_array_batch(
-                    self.services,
-                    self.cluster,
-                    self.settings,
-                    workflow_run_id=progress.workflow_run_id,
-                    cluster_id=cluster_id,
-                    array_id=progress.array_id,
-                    name=progress.name,
-                    plan=dataclasses.replace(plan, task_ids=plan.task_ids[start : start + opts.batch_size]),
-                    queue=limits[str(plan.resources.queue)],
-                    commands=commands,
-                    try_number=progress.try_number,
-                    max_concurrent=opts.max_concurrently_running,
-                )
-                if opts.max_concurrently_running is not None:
-                    return  # -tc holds per job: one batch at a time keeps the array under its limit
+            submitted |= submit_array_batches(
+                self.services,
+                self.cluster,
+                self.settings,
+                workflow_run_id=progress.workflow_run_id,
+                cluster_id=cluster_id,
+                array_id=progress.array_id,
+                name=progress.name,
+                plan=plan,
+                queue=limits[str(plan.resources.queue)],
+                commands=commands,
+                try_number=progress.try_number,
+                batch_size=opts.batch_size,
+                # -tc holds per job: one batch at a time keeps the array under its limit
+                max_batches=1 if array_limit is not None else None,
+                max_concurrent=array_limit,
+            )
+            if array_limit is not None:
+                break
+        return submitted
 
     def _verdict(self, array_id: int) -> Verdict:
         statuses = self.services.queries.array_task_statuses(array_id)

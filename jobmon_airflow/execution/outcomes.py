@@ -39,7 +39,18 @@ class WorkflowIdentity:
             tool_version=self.tool_version,
             workflow_args=self.workflow_args,
             max_concurrently_running=self.max_concurrently_running,
+            user=_os_user(),  # the workflow's owner for `workflow status -u`, `reset`, `task update`
         )
+
+
+def _os_user() -> str | None:
+    """The user the Airflow worker runs as (who submits the jobs: Jobmon's workflow run user)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return None
 
 
 class VerdictKind(Enum):

@@ -79,6 +79,16 @@ class LogError(BaseModel):
     usage: Usage = Usage()
 
 
+class LogRan(LogRunning):
+    """``log_running`` and the final report in one: the command ended before its running report was due.
+    ``status``: D, or the error state (as ``log_error``'s ``error_state``)."""
+
+    status: str = Field(pattern="^[DEZFU]$")
+    exit_status: ExitStatus | None = None
+    error_message: Annotated[str, Field(max_length=MAX_ERROR_MESSAGE), AfterValidator(_encodable)] = ""
+    usage: Usage = Usage()
+
+
 class StatusReply(BaseModel):
     status: str
 
@@ -89,6 +99,7 @@ __all__ = [
     "MIN_ID",
     "LogDone",
     "LogError",
+    "LogRan",
     "LogReportBy",
     "LogRunning",
     "StatusReply",

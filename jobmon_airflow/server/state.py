@@ -2,6 +2,8 @@
 
 Every route checks ``Authorization: Bearer <token>`` against the hash stored for that very task instance: no token
 → 401, a token of another instance → 403. Transitions go through the service layer, so the state machines hold.
+``log_ran`` is ``log_running`` and ``log_done``/``log_error`` in one request and one transaction, for a command
+that ended before its running report was due.
 A token stops authorizing heartbeats when its instance ends (403, revoked); a repeated final report still gets the
 status back. Every field is bounded (:mod:`.schemas`) and validation errors never echo their input (:mod:`.limits`).
 """
@@ -15,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobmon_airflow import states
 from jobmon_airflow.server.heartbeats import HeartbeatCoalescer, log_report_by
-from jobmon_airflow.server.schemas import MAX_ID, MIN_ID, LogDone, LogError, LogRunning, StatusReply
+from jobmon_airflow.server.schemas import MAX_ID, MIN_ID, LogDone, LogError, LogRan, LogRunning, StatusReply
 from jobmon_airflow.service import NotFound, Reports, Unauthorized
 
 router = APIRouter(prefix="/api/state", tags=["state"])
@@ -84,6 +86,24 @@ def log_error(ti_id: TaskInstanceId, body: LogError, svc: Svc) -> StatusReply:
         body.exit_status,
         body.error_message,
         body.nodename,
+        body.usage.record(),
+    )
+
+
+@router.post("/task_instance/{task_instance_id}/log_ran")
+def log_ran(ti_id: TaskInstanceId, body: LogRan, svc: Svc) -> StatusReply:
+    """log_running and log_done / log_error in one request and one transaction (a command that ended before its
+    running report was due); the separate routes stay for longer commands and for workers of older versions."""
+    return _reply(
+        svc.log_ran,
+        ti_id,
+        body.nodename,
+        body.process_group_id,
+        body.distributor_id,
+        body.next_report_increment,
+        body.status,
+        body.exit_status,
+        body.error_message,
         body.usage.record(),
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from jobmon_airflow import models, states
+from jobmon_airflow import models, states, telemetry
 from jobmon_airflow.records import Usage
 from jobmon_airflow.resources import QueueLimits, ResourceError, Resources, fit_queue, scale_resources
 from jobmon_airflow.service.core import (
@@ -38,6 +38,7 @@ from jobmon_airflow.service.core import (
     table,
     transition,
     transition_task_instances,
+    updated_rows,
     upsert,
     utcnow,
 )
@@ -219,43 +220,112 @@ class Lifecycle(Store):
                 ],
             )
 
-    def instantiate_array_batch(self, array_id: int, batch_num: int, token_hash: str, exit_record_dir: str) -> None:
-        """Q→I for one array batch, its shared token hash and each instance's exit record path
-        (``<dir>/ti-<id>.exit.json``): set-based, a constant number of statements for any batch size."""
-        batch = (TI.c.array_id == array_id) & (TI.c.array_batch_num == batch_num)
+    def queue_array_batch(
+        self,
+        workflow_run_id: int,
+        cluster_id: int,
+        task_ids: Sequence[int],
+        resources: Resources,
+        resources_type: str,
+        queue: QueueLimits,
+        *,
+        array_id: int,
+        batch_num: int,
+        token_hash: str,
+        try_number: int | None = None,
+    ) -> list[tuple[int, int]]:
+        """One array batch queued and instantiated in one transaction: tasks G/A → Q → I (attempt counted), one new
+        instance each, created instantiated (I) with the batch's shared token hash. Q is never seen outside the
+        transaction (Jobmon's distributor instantiates right after queueing too), so it is not written row by row:
+        a constant number of statements per 1,000 tasks, and the instances are made by the database from the task
+        rows (INSERT … SELECT, array step = rank of the task id), not sent row by row. Returns (instance id, task
+        id) by array step: element i runs the (i-1)-th."""
+        now = utcnow()
+        ordered = sorted(set(task_ids))
         with self.session() as s:
-            ids = list(s.execute(sa.select(TI.c.id).where(batch, TI.c.status == TIS.QUEUED)).scalars())
-            transition_task_instances(s, ids, TIS.INSTANTIATED)
-            s.execute(
-                TI.update()
-                .where(batch)
-                .values(
-                    token_hash=token_hash,
-                    exit_record=sa.literal(f"{exit_record_dir}/ti-") + sa.cast(TI.c.id, sa.String) + ".exit.json",
-                )
+            tr_id = inserted_id(
+                s,
+                TASK_RESOURCES.insert().values(
+                    queue_id=self.queue_id(s, cluster_id, queue),
+                    task_resources_type_id=str(resources_type),
+                    requested_resources=json.dumps(resources.to_dict(), sort_keys=True),
+                ),
             )
+            attempt = {"num_attempts": TASK.c.num_attempts + 1, "task_resources_id": tr_id}
+            # G/A → Q → I in one write per task (Q is what the state machine checks, I what is written).
+            queued = set(transition(s, states.TASK_FSM, TASK, ordered, TS.QUEUED, attempt, then=TS.INSTANTIATING))
+            for chunk in chunks([t for t in ordered if t not in queued]):  # already Q: counted, instantiated
+                s.execute(TASK.update().where(TASK.c.id.in_(chunk)).values(**attempt))
+                set_task_status(s, chunk, TS.INSTANTIATING, only_from=[TS.QUEUED])
+            constants = {
+                TI.c.workflow_run_id: sa.literal(workflow_run_id, sa.Integer),
+                TI.c.array_id: sa.literal(array_id, sa.Integer),
+                TI.c.cluster_id: sa.literal(cluster_id, sa.Integer),
+                TI.c.task_resources_id: sa.literal(tr_id, sa.Integer),
+                TI.c.array_batch_num: sa.literal(batch_num, sa.Integer),
+                TI.c.try_number: sa.literal(try_number, sa.Integer),
+                TI.c.status: sa.literal(str(TIS.INSTANTIATED), sa.String),
+                TI.c.status_date: sa.literal(now, sa.DateTime),
+                TI.c.token_hash: sa.literal(token_hash, sa.String),
+            }
+            offset = 0
+            for chunk in chunks(ordered):
+                step = sa.func.row_number().over(order_by=TASK.c.id) + (offset - 1)
+                columns: list[Any] = [*constants.values(), TASK.c.id, step]
+                rows = sa.select(*columns).where(TASK.c.id.in_(chunk))
+                s.execute(TI.insert().from_select([*constants, TI.c.task_id, TI.c.array_step_id], rows))
+                offset += len(chunk)
+            created = s.execute(
+                sa.select(TI.c.id, TI.c.task_id)
+                .where(TI.c.array_id == array_id, TI.c.array_batch_num == batch_num)
+                .order_by(TI.c.array_step_id)
+            ).all()
+            return [(r.id, r.task_id) for r in created]
 
     def log_array_distributor_ids(
-        self, array_id: int, batch_num: int, job_id: str, stdout_prefix: str, stderr_prefix: str
+        self,
+        array_id: int,
+        batch_num: int,
+        job_id: str,
+        stdout_prefix: str,
+        stderr_prefix: str,
+        exit_record_dir: str,
     ) -> None:
         """I→O for one array batch submitted as job ``job_id``: element i (step i-1) is ``<job_id>.<i>``, its logs
-        ``<prefix><i>``. Set-based, right after the one qsub."""
+        ``<prefix><i>``, its exit record ``<dir>/ti-<id>.exit.json``. Set-based, right after the one qsub: three
+        UPDATEs, no row read. An instance no longer in I (a kill came first) still gets its job id and paths, so
+        that its job can be deleted and its evidence read."""
         batch = (TI.c.array_id == array_id) & (TI.c.array_batch_num == batch_num)
         element = sa.cast(TI.c.array_step_id + 1, sa.String)
         now = utcnow()
+        values = {
+            "distributor_id": sa.literal(f"{job_id}.") + element,
+            "stdout": sa.literal(stdout_prefix) + element,
+            "stderr": sa.literal(stderr_prefix) + element,
+            "exit_record": sa.literal(f"{exit_record_dir}/ti-") + sa.cast(TI.c.id, sa.String) + ".exit.json",
+            "submitted_date": now,
+        }
         with self.session() as s:
-            s.execute(
+            # From I only (a legal I → O): the status condition is the state machine's check, row by row in SQL.
+            launched = updated_rows(
+                s,
                 TI.update()
-                .where(batch)
-                .values(
-                    distributor_id=sa.literal(f"{job_id}.") + element,
-                    stdout=sa.literal(stdout_prefix) + element,
-                    stderr=sa.literal(stderr_prefix) + element,
-                    submitted_date=now,
-                )
+                .where(batch, TI.c.status == TIS.INSTANTIATED)
+                .values(status=TIS.LAUNCHED, status_date=now, report_by_date=now + LAUNCHED_REPORT_BY, **values),
             )
-            ids = list(s.execute(sa.select(TI.c.id).where(batch, TI.c.status == TIS.INSTANTIATED)).scalars())
-            transition_task_instances(s, ids, TIS.LAUNCHED, {"report_by_date": now + LAUNCHED_REPORT_BY})
+            telemetry.count_transitions(s, states.TASK_INSTANCE_FSM.name, TIS.LAUNCHED, launched)
+            s.execute(TI.update().where(batch, TI.c.distributor_id.is_(None)).values(**values))
+            # The batch's instances are their tasks' newest (created just now): the tasks follow I → O directly.
+            s.execute(
+                TASK.update()
+                .where(
+                    TASK.c.id == TI.c.task_id,
+                    batch,
+                    TI.c.status == TIS.LAUNCHED,
+                    TASK.c.status.in_(sorted(states.TASK_FSM.sources(TS.LAUNCHED))),
+                )
+                .values({TASK.c.status: TS.LAUNCHED, TASK.c.status_date: now})
+            )
 
     def log_distributor_ids(
         self, distributor_ids: Mapping[int, str], log_paths: Mapping[int, Mapping[str, str]] | None = None

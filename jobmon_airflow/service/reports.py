@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from jobmon_airflow import states
+from jobmon_airflow import states, telemetry
 from jobmon_airflow.hashing import hash_token
 from jobmon_airflow.records import Usage
 from jobmon_airflow.service.core import (
@@ -88,28 +88,40 @@ class Reports(Store):
         """The worker started. The job id recorded at submission stays authoritative (it is what a kill deletes):
         the worker's only fills in a missing one; a different one is logged as an error of the instance."""
         with self.session() as s:
-            row = s.execute(
-                sa.select(TI.c.status, TI.c.distributor_id).where(TI.c.id == ti_id).with_for_update()
-            ).one_or_none()
-            if row is None:
+            return _log_running(s, ti_id, nodename, process_group_id, distributor_id, next_report)
+
+    def log_ran(
+        self,
+        ti_id: int,
+        nodename: str,
+        process_group_id: int | None,
+        distributor_id: str | None,
+        next_report: float,
+        status: str,
+        exit_status: int | None,
+        message: str,
+        usage: Usage | None,
+    ) -> str:
+        """A command that ended before its running report was due: ``log_running`` then ``log_done`` (``status``
+        D) or ``log_error`` (an error state), in one transaction, each transition as its own report makes it
+        (O → R → D; a kill requested meanwhile: K → D or K → F). An instance already ended is a retry of this
+        report whose reply was lost (or an outcome learnt otherwise): the running half is skipped and the end is
+        answered as a repeated final report is, so nothing transitions twice."""
+        if status != TIS.DONE and status not in ERROR_STATES:
+            raise states.IllegalTransition(
+                f"task_instance: status must be D or one of {', '.join(sorted(ERROR_STATES))}, got {status!r}"
+            )
+        with self.session() as s:
+            current = s.execute(sa.select(TI.c.status).where(TI.c.id == ti_id).with_for_update()).scalar()
+            if current is None:
                 raise NotFound(f"task instance {ti_id}")
-            values: dict[str, Any] = {
-                "nodename": nodename,
-                "process_group_id": process_group_id,
-                "report_by_date": utcnow() + timedelta(seconds=next_report),
-            }
-            if distributor_id and not row.distributor_id:
-                values["distributor_id"] = distributor_id
-            elif distributor_id and distributor_id != row.distributor_id:
-                message = (
-                    f"log_running: the worker reported job id {distributor_id!r}, but {row.distributor_id!r} was "
-                    f"recorded at submission; {row.distributor_id!r} is kept"
-                )
-                log.warning("task instance %d: %s", ti_id, message)
-                log_errors(s, [ti_id], message)
-            if row.status == TIS.KILL_SELF:
-                return str(row.status)
-            transition_task_instances(s, [ti_id], TIS.RUNNING, values)
+            if current not in states.TASK_INSTANCE_FINAL:
+                _log_running(s, ti_id, nodename, process_group_id, distributor_id, next_report)
+            _back_from_triage(s, ti_id, status)
+            if status == TIS.DONE:
+                finish_instance(s, ti_id, TIS.DONE, 0, "", nodename, usage)
+            else:
+                finish_instance(s, ti_id, status, exit_status, message, nodename, usage)
             return status_of(s, ti_id)
 
     def log_report_by_many(self, next_reports: Mapping[int, float]) -> dict[int, str]:
@@ -175,6 +187,41 @@ class Reports(Store):
             _back_from_triage(s, ti_id, error_state)
             finish_instance(s, ti_id, error_state, exit_status, message, nodename, usage)
             return status_of(s, ti_id)
+
+
+def _log_running(
+    session: Session,
+    ti_id: int,
+    nodename: str,
+    process_group_id: int | None,
+    distributor_id: str | None,
+    next_report: float,
+) -> str:
+    """log_running's writes, in the caller's transaction (see :meth:`Reports.log_running`)."""
+    row = session.execute(
+        sa.select(TI.c.status, TI.c.distributor_id, TI.c.submitted_date).where(TI.c.id == ti_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"task instance {ti_id}")
+    values: dict[str, Any] = {
+        "nodename": nodename,
+        "process_group_id": process_group_id,
+        "report_by_date": utcnow() + timedelta(seconds=next_report),
+    }
+    if distributor_id and not row.distributor_id:
+        values["distributor_id"] = distributor_id
+    elif distributor_id and distributor_id != row.distributor_id:
+        message = (
+            f"log_running: the worker reported job id {distributor_id!r}, but {row.distributor_id!r} was "
+            f"recorded at submission; {row.distributor_id!r} is kept"
+        )
+        log.warning("task instance %d: %s", ti_id, message)
+        log_errors(session, [ti_id], message)
+    if row.status == TIS.KILL_SELF:
+        return str(row.status)
+    if transition_task_instances(session, [ti_id], TIS.RUNNING, values):
+        telemetry.queue_wait(row.submitted_date)
+    return status_of(session, ti_id)
 
 
 def _back_from_triage(session: Session, ti_id: int, end: str) -> None:

@@ -227,6 +227,42 @@ def test_array_of_5_with_2_at_a_time_maps_elements(cluster: CountingCluster, tmp
         assert cluster.log_paths(request, job_id, i)[0].read_text() == f"{i}\n"
 
 
+def running_at(spans: dict[str, tuple[float, float]], t: float) -> int:
+    """How many elements ran at instant ``t`` (accounting times: whole seconds; touching spans do not overlap)."""
+    return sum(1 for s, e in spans.values() if s <= t < e)
+
+
+def element_spans(cluster: GridEngineCluster, elements: list[str]) -> dict[str, tuple[float, float]]:
+    records = finish(cluster, elements, timeout=120)
+    assert {r.kind for r in records.values()} == {ExitKind.DONE}
+    return {i: (r.start_time or 0.0, r.end_time or 0.0) for i, r in records.items()}
+
+
+def test_qalter_tc_raises_and_lowers_a_running_arrays_concurrency(cluster: CountingCluster, tmp_path: Path) -> None:
+    """``set_array_concurrency`` on arrays already running (the cluster has 2 slots): -tc 1 raised to 2, the
+    elements not yet started run two at a time; -tc 2 lowered to 1, they run one at a time."""
+    up = cluster.submit(job(tmp_path, ["sleep", "4"], array_length=4, max_concurrent=1))
+    up_elements = [f"{up}.{i}" for i in range(1, 5)]
+    wait_until(lambda: cluster.statuses([up_elements[0]])[up_elements[0]].state is JobState.RUNNING, 60, "1 runs")
+    cluster.set_array_concurrency({up: 2})
+    spans = element_spans(cluster, up_elements)
+    assert max(running_at(spans, s) for s, _ in spans.values()) == 2
+
+    down = cluster.submit(job(tmp_path, ["sleep", "3"], array_length=5, max_concurrent=2))
+    down_elements = [f"{down}.{i}" for i in range(1, 6)]
+
+    def two_running() -> bool:
+        statuses = cluster.statuses(down_elements)
+        return sum(1 for s in statuses.values() if s.state is JobState.RUNNING) == 2
+
+    wait_until(two_running, 60, "two elements running")
+    cluster.set_array_concurrency({down: 1, "999999": 1})  # a job that is gone is no error
+    assert cluster.commands[-1] == ["qalter", "-tc", "1", down, "999999"]  # one call for every array job
+    spans = element_spans(cluster, down_elements)
+    later = [spans[i][0] for i in down_elements if spans[i][0] >= min(spans[j][1] for j in down_elements)]
+    assert later and all(running_at(spans, s) == 1 for s in later)  # after the first end: one at a time
+
+
 def test_eqw_job_is_an_error_with_its_reason(cluster: CountingCluster, tmp_path: Path) -> None:
     blocker = cluster.submit(job(tmp_path, ["/bin/sleep", "4"], resources=Resources(cores=2)))
     victim_request = job(tmp_path / "victim", ["/bin/true"])

@@ -37,10 +37,11 @@ pytestmark = [pytest.mark.gridengine, pytest.mark.mariadb, pytest.mark.usefixtur
 PY = sys.executable
 FAST = {"poll_interval": 1.0, "retry_delay": timedelta(0), "heartbeat_interval": 10, "lost_grace_s": 20.0}
 
-# Three children of 60 MiB each: each far below RLIMIT_AS, together (with the parent, bash and the worker node)
-# ≈ 290 MiB of virtual memory: over h_vmem=240M, which only the execd's whole-job accounting catches (failed 37,
+# Three children of 70 MiB each (≈ 84 MiB of virtual memory each with the interpreter): each far below RLIMIT_AS,
+# together (with their parent, ≈ 16 MiB, and the worker node, ≈ 15 MiB) ≈ 285 MiB: over h_vmem=240M by a margin that
+# does not depend on the worker node's own size, which only the execd's whole-job accounting catches (failed 37,
 # exit 137); 1.5 × 240M = 360M fits. The children live 10 s so that the execd samples them.
-CHILD = "import time; b = bytearray(60 * 2**20); time.sleep(10)"
+CHILD = "import time; b = bytearray(70 * 2**20); time.sleep(10)"
 THREE_CHILDREN = (
     f"{PY} -c \"import subprocess, sys; ps = [subprocess.Popen([sys.executable, '-c', '{CHILD}']) for _ in range(3)];"
     ' sys.exit(max(p.wait() for p in ps))"'
@@ -351,6 +352,55 @@ def test_array_tc_caps_running_elements_in_accounting(service: Services, dag_id:
     spans = sorted((i.start_time, i.end_time) for i in infos)
     assert len(spans) == 4
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans)), spans
+
+
+def test_workflow_concurrency_raised_while_the_array_runs_is_seen_in_accounting(service: Services, dag_id: str) -> None:
+    """-tc 1, then `workflow concurrency -m 2` (its service call) once element 1 runs: the operator's trigger
+    qalters the running batch within a poll, and accounting shows two elements at once afterwards."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from jobmon_airflow import models
+    from jobmon_airflow.clusters.base import JobState
+    from jobmon_airflow.operators import JobmonArrayOperator
+    from jobmon_airflow.templates import TaskTemplate
+    from tests.support.arrays import array_instances
+
+    tt = TaskTemplate(name="nap", command_template="sleep {seconds} # {i}", node_args=["i"], op_args=["seconds"])
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        JobmonArrayOperator(
+            task_id="naps",
+            task_template=tt,
+            node_args={"i": list(range(4))},
+            op_args={"seconds": 5},
+            max_concurrently_running=1,
+            poll_interval=1,
+        )
+    changed: list[float] = []
+
+    def raise_limit() -> None:
+        cluster, deadline = GridEngineCluster(), time.monotonic() + 120
+        while time.monotonic() < deadline and not changed:
+            jobs = [r["distributor_id"] for r in array_instances(service, dag_id) if r["distributor_id"]]
+            if jobs and any(st.state is JobState.RUNNING for st in cluster.statuses(jobs).values()):
+                wf = models.Workflow.__table__
+                with service.engine.connect() as conn:
+                    workflow_id = conn.execute(sa.select(wf.c.id).where(wf.c.dag_id == dag_id)).scalar_one()
+                service.admin.set_concurrency(workflow_id, 2, user=service.admin.owner(workflow_id) or "")
+                changed.append(time.time())
+            time.sleep(0.3)
+
+    changer = threading.Thread(target=raise_limit)
+    changer.start()
+    dag_run: Any = run_dag(dag)
+    changer.join()
+    assert str(dag_run.state) == "success" and changed
+    rows = array_instances(service, dag_id)
+    assert len({r["distributor_id"].split(".")[0] for r in rows}) == 1  # one batch, its -tc changed
+    spans = sorted((i.start_time, i.end_time) for i in (accounting(r["distributor_id"]) for r in rows))
+    assert len(spans) == 4
+    assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) == 2, spans
 
 
 def test_mapped_task_operator_on_grid_engine(service: Services, dag_id: str, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from jobmon_airflow.service import Services
 from jobmon_airflow.templates import TaskTemplate
 
 # Element i: 3 and 7 exit 3 on their first attempt; 11 is killed for memory on its first attempt (three children
-# of 60 MiB: each under the per-process limit, together over the job's memory); everything else succeeds.
+# of 70 MiB: each under the per-process limit, together well over the job's 240M whatever the worker node's own
+# size); everything else succeeds.
 ELEMENT_SCRIPT = """
 import os, subprocess, sys
 i, folder, hold = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -25,7 +26,7 @@ if first and i in (3, 7):
     print(f"element {i}: transient failure", file=sys.stderr)
     sys.exit(3)
 if first and i == 11:
-    child = f"import time; b = bytearray(60 * 2**20); time.sleep({hold})"
+    child = f"import time; b = bytearray(70 * 2**20); time.sleep({hold})"
     ps = [subprocess.Popen([sys.executable, "-c", child]) for _ in range(3)]
     sys.exit(max(p.wait() for p in ps))
 """

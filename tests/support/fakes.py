@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class FakeCluster:
     states: dict[str, JobStatus] = field(default_factory=dict)
     accounting: dict[str, ExitInfo] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
+    concurrency: list[dict[str, int | None]] = field(default_factory=list)  # each set_array_concurrency call
     calls: dict[str, int] = field(default_factory=dict)
 
     def _count(self, what: str) -> None:
@@ -67,6 +68,10 @@ class FakeCluster:
             for known in list(self.states):
                 if split_job_id(known)[0] == split_job_id(job_id)[0]:
                     self.states[known] = JobStatus(known, JobState.GONE)
+
+    def set_array_concurrency(self, limits: Mapping[str, int | None]) -> None:
+        self._count("set_array_concurrency")
+        self.concurrency.append(dict(limits))
 
     def queue_limits(self, queue: str | None = None) -> QueueLimits:
         self._count("queue_limits")

@@ -48,8 +48,8 @@ def test_a_link_at_the_temporary_path_is_not_followed(tmp_path: Path, monkeypatc
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     names = iter(["guessed"])
-    real_token_hex = files.secrets.token_hex
-    monkeypatch.setattr(files.secrets, "token_hex", lambda n=None: next(names, None) or real_token_hex(n))
+    real_token_hex = files._token_hex
+    monkeypatch.setattr(files, "_token_hex", lambda: next(names, None) or real_token_hex())
     planted = tmp_path / f".record.json.{os.getpid()}.guessed.tmp"
     planted.symlink_to(victim)
 

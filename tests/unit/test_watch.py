@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from pathlib import Path
 
@@ -141,3 +142,83 @@ def test_blocking_wait_rides_out_failed_polls_then_gives_up(
     monkeypatch.setattr(watch, "MAX_FAILED_POLLS", 3)
     with pytest.raises(RuntimeError, match="3 polls in a row failed"):
         Poller(services, cluster).wait_blocking(sub.task_instance_id, sub.job_id, 0.01)
+
+
+def test_quick_looks_start_soon_and_back_off_to_the_interval() -> None:
+    from jobmon_airflow.watch import FIRST_LOOK_S, _Watch
+
+    w = _Watch("7", added=100.0)
+    dues = [w.look_due]
+    while w.look_due != float("inf"):
+        w.looked(w.look_due, 2.0)
+        dues.append(w.look_due)
+    assert dues[0] == 100.0 + FIRST_LOOK_S
+    gaps = [b - a for a, b in itertools.pairwise(dues[:-1])]
+    assert gaps == sorted(gaps) and gaps[0] > FIRST_LOOK_S  # backing off...
+    assert all(d < 102.0 for d in dues[:-1]) and len(dues) < 10  # ...and none once the watch is an interval old
+
+
+def test_a_look_ends_a_reported_instance_with_no_cluster_call(services: Services, tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    run = TaskRun(services, cluster, JobSettings(tmp_path / "logs", "http://127.0.0.1:9/jobmon"))
+    sub = run.start(WorkflowIdentity("dag", "run"), TaskSpec("t", "t", "true"), Resources())
+    assert isinstance(sub, Submission)
+    poller = Poller(services, cluster)
+    poller.watch({sub.task_instance_id: sub.job_id})
+    assert poller.look([sub.task_instance_id], 10.0) == {}  # still running: keep waiting
+    with services.engine.begin() as conn:  # the worker reported the end
+        conn.execute(TI.update().where(TI.c.id == sub.task_instance_id).values(status="D"))
+    event = poller.look([sub.task_instance_id], 10.0)[sub.task_instance_id]
+    assert (event.status, event.source) == ("D", EventSource.DATABASE)
+    assert "statuses" not in cluster.calls and "exit_info" not in cluster.calls
+
+
+def test_shared_watcher_looks_soon_after_submission_and_polls_the_cluster_once_per_interval(
+    services: Services, tmp_path: Path
+) -> None:
+    """A short task ends by a quick look long before the second poll; the cluster sees one status call per poll
+    for all watched tasks, however many quick looks ran between polls."""
+    import asyncio
+    import time
+
+    from jobmon_airflow.watch import SharedWatcher
+
+    interval = 2.0
+    cluster = FakeCluster()
+    run = TaskRun(services, cluster, JobSettings(tmp_path / "logs", "http://127.0.0.1:9/jobmon"))
+    subs = []
+    for name in ("short", "long", "late"):
+        sub = run.start(WorkflowIdentity("dag", "run"), TaskSpec(name, name, "true"), Resources())
+        assert isinstance(sub, Submission)
+        subs.append(sub)
+    short, long, late = subs
+    watcher = SharedWatcher(Poller(services, cluster), interval)
+
+    def report_done(ti_id: int) -> None:
+        with services.engine.begin() as conn:
+            conn.execute(TI.update().where(TI.c.id == ti_id).values(status="D"))
+
+    async def scenario() -> tuple[float, dict[str, int], int, float]:
+        t0 = time.monotonic()
+        waiting = asyncio.create_task(watcher.wait(short.task_instance_id, short.job_id))
+        long_wait = asyncio.create_task(watcher.wait(long.task_instance_id, long.job_id))
+        await asyncio.sleep(0.05)
+        report_done(short.task_instance_id)
+        event = await waiting
+        took = time.monotonic() - t0
+        assert (event.status, event.source) == ("D", EventSource.DATABASE)
+        polls_then = watcher.poller.polls
+        await asyncio.sleep(interval * 0.5)
+        late_wait = asyncio.create_task(watcher.wait(late.task_instance_id, late.job_id))  # a new young watch
+        await asyncio.sleep(interval * 1.6)
+        window = time.monotonic() - t0
+        for task in (long_wait, late_wait):
+            task.cancel()
+        await asyncio.gather(long_wait, late_wait, return_exceptions=True)
+        return took, dict(cluster.calls), polls_then, window
+
+    took, calls, polls_then, window = asyncio.run(scenario())
+    assert polls_then == 1 and took < interval  # ended by a look, before the second poll
+    assert watcher.poller.looks >= 3  # the short, then the late watch were looked at between polls
+    # One status call per poll, shared by every watch; polls only once per interval (the first at the start).
+    assert calls["statuses"] == watcher.poller.polls <= window / interval + 1

@@ -1,4 +1,4 @@
-"""The Grid Engine backend: runs qsub, qstat, qdel and qconf (one call per request, argv lists, never a shell) and
+"""The Grid Engine backend: runs qsub, qstat, qdel, qalter and qconf (one call per request, argv lists, no shell) and
 reads the accounting file. Command lines are built in :mod:`.commands`, answers read by :mod:`.parsers` and
 :mod:`.accounting`. Sharing one ``qstat`` per interval among every watched job of a process is
 :mod:`jobmon_airflow.watch`'s job (cluster-independent).
@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from jobmon_airflow import telemetry
 from jobmon_airflow.clusters.base import (
     ClusterError,
     ClusterUnavailable,
@@ -59,6 +60,7 @@ from jobmon_airflow.clusters.gridengine.parsers import (
     parse_qsub_output,
     parse_queue_limits,
     parse_queue_list,
+    qalter_problems,
     qdel_problems,
     request_not_sent,
 )
@@ -124,9 +126,10 @@ class GridEngineCluster:
     def _run(self, argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "SGE_ROOT": self.sge_root, "SGE_CELL": self.sge_cell}
         try:
-            return subprocess.run(
-                list(argv), input=stdin, capture_output=True, text=True, timeout=self.command_timeout, env=env
-            )
+            return telemetry.timed_command(  # latency and errors of qsub, qstat, qacct, qdel, qconf
+                "gridengine", argv[0], subprocess.run,
+                list(argv), input=stdin, capture_output=True, text=True, timeout=self.command_timeout, env=env,
+            )  # fmt: skip
         except FileNotFoundError:
             raise ClusterError(f"{argv[0]}: not found on PATH; is the Grid Engine client installed?") from None
         except subprocess.TimeoutExpired:
@@ -267,6 +270,24 @@ class GridEngineCluster:
         output = proc.stdout + "\n" + proc.stderr
         if qdel_problems(output) or not output.strip():
             raise ClusterError(f"qdel {' '.join(ids)} failed (exit {proc.returncode}): {self._output(proc)}")
+
+    def set_array_concurrency(self, limits: Mapping[str, int | None]) -> None:
+        """``qalter -tc <n> <job>...``: one call per distinct limit, for every array job given it (Grid Engine
+        applies it at its next scheduling run; ``-tc 0`` lifts the job's own limit). Jobs already gone are fine."""
+        by_limit: dict[int, list[str]] = {}
+        for job_id, limit in limits.items():
+            number, element = check_job_id(job_id)  # an id like "-u" must not become a qalter option
+            if element is not None:
+                raise ValueError(f"set_array_concurrency: expected an array job id 'J', got an element {job_id!r}")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                raise ValueError(f"set_array_concurrency: expected a limit ≥ 1 or None for job {job_id}, got {limit!r}")
+            by_limit.setdefault(limit or 0, []).append(number)
+        for tc, ids in sorted(by_limit.items()):
+            what = f"qalter -tc {tc} {' '.join(ids)}"
+            proc = self._ask(["qalter", "-tc", str(tc), *ids], what)
+            output = proc.stdout + "\n" + proc.stderr
+            if proc.returncode != 0 and (qalter_problems(output) or not output.strip()):
+                raise ClusterError(f"{what} failed (exit {proc.returncode}): {self._output(proc)}")
 
     # -- queues and logs
 

@@ -46,6 +46,8 @@ _TASK_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 _ERROR_REASON_RE = re.compile(r"^error reason\s+(\d+):\s*(.*)$")
 # qdel lines that are no failure: deleted now, being deleted, or gone already (exit 1 all the same).
 _QDEL_FINE_RE = re.compile(r"has (registered the job|deleted job)|is already in deletion|does not exist")
+# qalter -tc lines that are no failure: changed, or the job is gone already (exit 1 all the same).
+_QALTER_FINE_RE = re.compile(r"modified task concurrency of job|does not exist")
 
 
 def communication_failed(output: str) -> bool:
@@ -62,6 +64,11 @@ def request_not_sent(output: str) -> bool:
 def qdel_problems(output: str) -> list[str]:
     """Lines of qdel's output that are real failures (jobs already gone or being deleted are fine)."""
     return [line for line in output.splitlines() if line.strip() and not _QDEL_FINE_RE.search(line)]
+
+
+def qalter_problems(output: str) -> list[str]:
+    """Lines of ``qalter -tc``'s output that are real failures (jobs that ended meanwhile are fine)."""
+    return [line for line in output.splitlines() if line.strip() and not _QALTER_FINE_RE.search(line)]
 
 
 def parse_qsub_output(text: str) -> str:

@@ -653,6 +653,20 @@ def test_submit_rejection_carries_grid_engine_reason(tmp_path: Path) -> None:
     assert (tmp_path / "logs").is_dir()  # submit creates the log directory qsub writes into
 
 
+def test_set_array_concurrency_is_one_qalter_per_limit_and_gone_jobs_are_fine() -> None:
+    # Recorded from SGE 8.1.9: one job changed, one already gone (exit 1 all the same).
+    answer = "modified task concurrency of job 4018\n", 'denied: job "999999" does not exist\n'
+    cluster = RecordedCluster({"qalter -tc": (1, *answer)})
+    cluster.set_array_concurrency({"4018": 2, "999999": 2, "4020": None})
+    assert cluster.commands == [["qalter", "-tc", "0", "4020"], ["qalter", "-tc", "2", "4018", "999999"]]
+    broken = RecordedCluster({"qalter -tc": (1, "", "error: unable to contact qmaster using port 6444 on host vm")})
+    with pytest.raises(ClusterError, match="qalter -tc 3 7 failed"):
+        broken.set_array_concurrency({"7": 3})
+    for bad in ({"7.2": 3}, {"-u": 3}, {"7": 0}):
+        with pytest.raises(ValueError):
+            cluster.set_array_concurrency(bad)
+
+
 def test_kill_tolerates_gone_jobs_but_not_other_errors() -> None:
     gone = RecordedCluster({"qdel 9999": (1, 'denied: job "9999" does not exist\njob 29 is already in deletion', "")})
     gone.kill(["9999", "29"])

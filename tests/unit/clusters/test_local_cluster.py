@@ -34,6 +34,12 @@ THREE_CHILDREN = (
 )
 
 
+@pytest.fixture(autouse=True)
+def short_lived_supervisors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Supervisors started here (inheriting this environment) exit 3 s after their root's last job, not 30 s."""
+    monkeypatch.setenv("JOBMON_AIRFLOW_LOCAL_IDLE_S", "3")
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(tmp_path / "local-cluster", slots=4)
@@ -321,6 +327,25 @@ def test_array_elements_respect_max_concurrent(cluster: LocalCluster, tmp_path: 
         assert out.name == f"arr.o{job_id}.{i}" and out.read_text() == f"task {i} of {job_id}\n"
     assert cluster.statuses([job_id])[job_id].state == JobState.GONE
     assert job_id not in cluster.exit_info([job_id])  # records are per element
+
+
+def test_the_limit_of_a_submitted_array_can_be_raised_and_lowered(cluster: LocalCluster, tmp_path: Path) -> None:
+    """As ``qalter -tc``: raised while element 1 runs alone, the next elements run three at a time; lowered, the
+    elements not yet started run one at a time. Running elements are never stopped."""
+    raised = cluster.submit(request(tmp_path, ["sleep", "1.5"], name="up", array_length=7, max_concurrent=1))
+    wait_state(cluster, f"{raised}.1", JobState.RUNNING)
+    assert cluster.statuses([f"{raised}.2"])[f"{raised}.2"].state == JobState.PENDING
+    cluster.set_array_concurrency({raised: 3})
+    up = wait_exit(cluster, [f"{raised}.{i}" for i in range(1, 8)], timeout=60)
+    assert max_overlap(list(up.values())) == 3  # 4 slots free: the new limit, not the slots, holds
+
+    lowered = cluster.submit(request(tmp_path, ["sleep", "1"], name="down", array_length=6, max_concurrent=3))
+    cluster.set_array_concurrency({lowered: 1, "999999": 2})  # an unknown job is no error, as with qalter
+    down = wait_exit(cluster, [f"{lowered}.{i}" for i in range(1, 7)], timeout=60)
+    assert max_overlap([down[f"{lowered}.{i}"] for i in range(4, 7)]) == 1
+    cluster.set_array_concurrency({lowered: 2})  # ended: nothing to do
+    with pytest.raises(ValueError, match="array job id"):
+        cluster.set_array_concurrency({f"{lowered}.1": 2})
 
 
 def test_unknown_ids_and_a_killed_shepherd_are_gone(cluster: LocalCluster, tmp_path: Path) -> None:

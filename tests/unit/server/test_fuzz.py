@@ -40,7 +40,7 @@ from jobmon_airflow.states import TASK_INSTANCE_FINAL
 from tests.unit.server.helpers import ERROR_LOG, TI, make_instances, rows, token
 
 EXAMPLES = int(os.environ.get("JOBMON_FUZZ_EXAMPLES", "200"))
-ROUTES = ("log_running", "log_report_by", "log_done", "log_error")
+ROUTES = ("log_running", "log_report_by", "log_done", "log_error", "log_ran")
 POOL = ["O", "R", "R", "T", "K", "X", "D", "E", "Z", "U", "F"]
 TASK = cast(sa.Table, models.Task.__table__)
 CAP = 256 * 1024
@@ -97,10 +97,20 @@ VALID_BODIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "usage": USAGE,
         },
     ),
+    "log_ran": st.fixed_dictionaries(
+        {"nodename": NODENAME, "next_report_increment": INCREMENT, "status": st.sampled_from("DEZFU")},
+        optional={
+            "process_group_id": st.integers(0, 2**31 - 1) | st.none(),
+            "distributor_id": st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=32) | st.none(),
+            "exit_status": st.integers(-255, 255) | st.none(),
+            "error_message": st.text(max_size=300),
+            "usage": USAGE,
+        },
+    ),
 }
 FIELDS = [
     "nodename", "process_group_id", "distributor_id", "next_report_increment", "exit_status", "error_state",
-    "error_message", "usage", "maxrss_bytes", "wallclock_s", "cpu_s", "extra",
+    "error_message", "usage", "maxrss_bytes", "wallclock_s", "cpu_s", "extra", "status",
 ]  # fmt: skip
 RAW_BODIES = st.one_of(
     st.binary(max_size=64),

@@ -30,10 +30,10 @@ def test_array_element_runs_its_own_task_instance(tmp_path: Path, server: StateM
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "two as 102\n"
     assert not (tmp_path / "three-ran").exists()
-    assert server.actions() == ["log_running", "log_done"]
+    assert server.actions() == ["log_ran"]
     assert all(c.path.startswith("/jobmon/api/state/task_instance/102/") for c in server.calls)
     assert all(c.headers["Authorization"] == f"Bearer {TOKEN}" for c in server.calls)  # the batch's shared token
-    assert server.only("log_running").body["distributor_id"] == "4242.2"
+    assert server.only("log_ran").body["distributor_id"] == "4242.2"
     assert list(exit_records(tmp_path)) == ["ti-102.exit.json"]
     record = exit_records(tmp_path)["ti-102.exit.json"]
     assert record["task_instance_id"] == 102 and record["distributor_id"] == "4242.2"
@@ -47,10 +47,10 @@ def test_array_element_whose_command_fails_reports_its_own_error(tmp_path: Path,
     proc = run_array_element(manifest, server.url, "3")
 
     assert proc.returncode == 4
-    assert server.actions() == ["log_running", "log_error"]
-    error = server.only("log_error")
-    assert error.path == "/jobmon/api/state/task_instance/103/log_error"
-    assert error.body["error_state"] == "E" and error.body["exit_status"] == 4
+    assert server.actions() == ["log_ran"]
+    error = server.only("log_ran")
+    assert error.path == "/jobmon/api/state/task_instance/103/log_ran"
+    assert error.body["status"] == "E" and error.body["exit_status"] == 4
     assert "element three failed" in error.body["error_message"]
     records = exit_records(tmp_path)
     assert list(records) == ["ti-103.exit.json"]

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from jobmon_airflow.worker_node import cli
+from jobmon_airflow.worker_node.outcome import SetupError
 from tests.unit.worker_node.helpers import ROOT, TI_ID, TOKEN, StateManagerStub
 
 
@@ -58,3 +62,55 @@ def test_undecodable_command_is_reported_fatal(tmp_path: Path, server: StateMana
     assert proc.returncode == 198
     assert server.actions() == ["log_error"]
     assert server.only("log_error").body["error_state"] == "F"
+
+
+JOB_ARGV = [
+    "--task-instance-id", "17", "--state-manager-url", "http://sm:8790/jobmon", "--token-file", "/l/t",
+    "--exit-record", "/l/ti-17.exit.json", "--heartbeat-interval", "90", "--http-retry-seconds", "30",
+    "--command-b64", "ZWNobyBoaQ==",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        JOB_ARGV,
+        [*JOB_ARGV, "--running-report-delay", "0", "--interrupt-timeout=2.5", "--http-timeout", "3"],
+        [
+            "--array-manifest",
+            "/l/b.manifest.json",
+            "--state-manager-url=http://sm/jobmon",
+            "--heartbeat-interval",
+            "1e1",
+        ],
+        [*JOB_ARGV, "--task-instance-id", "18"],  # the last one wins, as in argparse
+    ],
+)
+def test_the_quick_parse_of_a_job_s_argv_is_argparse_s(argv: list[str]) -> None:
+    quick = cli._parse_quickly(argv)
+    assert quick is not None
+    assert vars(quick) == vars(cli.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [*JOB_ARGV, "--help"],
+        [*JOB_ARGV, "--task-inst", "3"],  # an abbreviation: argparse's to accept
+        [*JOB_ARGV, "--heartbeat-interval", "-5"],  # a value like an option
+        [*JOB_ARGV, "--heartbeat-interval", "0"],
+        [*JOB_ARGV, "--running-report-delay", "nan"],
+        [*JOB_ARGV, "--task-instance-id"],  # no value
+        JOB_ARGV[:2],  # no --state-manager-url
+        [*JOB_ARGV, "stray"],
+    ],
+)
+def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
+    assert cli._parse_quickly(argv) is None
+
+
+def test_argparse_names_what_is_wrong() -> None:
+    with pytest.raises(SetupError, match="--running-report-delay: must be >= 0 and finite, got nan"):
+        cli.parse_args([*JOB_ARGV, "--running-report-delay", "nan"])
+    with pytest.raises(SetupError, match="unrecognized arguments: stray"):
+        cli.parse_args([*JOB_ARGV, "stray"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -12,16 +13,41 @@ from pathlib import Path
 
 import pytest
 
+from jobmon_airflow import worker_node
 from jobmon_airflow.exit_codes import KILLED_BEFORE_START_EXIT
 from jobmon_airflow.records import ExitRecord
 from tests.unit.worker_node.helpers import ROOT, TI_ID, TOKEN, StateManagerStub, run_worker, running, wait_for
 
 
-def test_success_reports_running_then_done(tmp_path: Path, server: StateManagerStub) -> None:
+def test_short_command_sends_one_report_carrying_running_and_done(tmp_path: Path, server: StateManagerStub) -> None:
     run = run_worker(tmp_path, server.url, "echo hello", env={"JOB_ID": "4242", "SGE_TASK_ID": "3"})
 
     assert run.proc.returncode == 0, run.proc.stderr
     assert run.proc.stdout == "hello\n"  # the command's stdout goes to the job's .o file untouched
+    assert server.actions() == ["log_ran"]  # one HTTP request for the whole run
+    (ran,) = server.calls
+    assert ran.path == f"/jobmon/api/state/task_instance/{TI_ID}/log_ran"
+    assert ran.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert ran.body["distributor_id"] == "4242.3" and ran.body["process_group_id"] > 0 and ran.body["nodename"]
+    assert ran.body["next_report_increment"] == pytest.approx(30 * 3.1)
+    assert (ran.body["status"], ran.body["exit_status"], ran.body["error_message"]) == ("D", 0, "")
+    assert set(ran.body["usage"]) == {"maxrss_bytes", "wallclock_s", "cpu_s"}
+    record = run.record
+    assert record["status"] == "D" and record["reported"] is True and record["exit_status"] == 0
+    assert "report_error" not in record
+
+
+def test_running_report_before_the_start_when_asked(tmp_path: Path, server: StateManagerStub) -> None:
+    run = run_worker(
+        tmp_path,
+        server.url,
+        "echo hello",
+        env={"JOB_ID": "4242", "SGE_TASK_ID": "3"},
+        extra=["--running-report-delay", "0"],
+    )
+
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout == "hello\n"
     assert server.actions() == ["log_running", "log_done"]
     running_call, done = server.calls
     assert running_call.path == f"/jobmon/api/state/task_instance/{TI_ID}/log_running"
@@ -58,9 +84,9 @@ def test_non_zero_exit_reports_error_with_stderr_tail(tmp_path: Path, server: St
     run = run_worker(tmp_path, server.url, "echo 'disk quota exceeded in /ihme/x' >&2; exit 3")
 
     assert run.proc.returncode == 3
-    assert server.actions() == ["log_running", "log_error"]
-    body = server.only("log_error").body
-    assert body["error_state"] == "E" and body["exit_status"] == 3
+    assert server.actions() == ["log_ran"]
+    body = server.only("log_ran").body
+    assert body["status"] == "E" and body["exit_status"] == 3 and "error_state" not in body
     assert "disk quota exceeded in /ihme/x" in body["error_message"]
     assert "disk quota exceeded in /ihme/x" in run.proc.stderr  # also passed through to the job's .e file
     assert run.record["status"] == "E" and run.record["reported"] is True
@@ -70,8 +96,8 @@ def test_sigkill_is_a_resource_error(tmp_path: Path, server: StateManagerStub) -
     run = run_worker(tmp_path, server.url, "echo 'allocating' >&2; kill -9 $$")
 
     assert run.proc.returncode == 137
-    body = server.only("log_error").body
-    assert body["error_state"] == "Z" and body["exit_status"] == -9
+    body = server.only("log_ran").body
+    assert body["status"] == "Z" and body["exit_status"] == -9
     assert body["error_message"].startswith("Insufficient resources requested")
     assert "allocating" in body["error_message"]
 
@@ -103,10 +129,23 @@ def test_kill_self_escalates_to_sigkill_for_the_whole_tree(tmp_path: Path, serve
     assert not running(sleep_pid), "the command's grandchild survived the kill"
 
 
+def test_kill_requested_at_the_running_report_interrupts_the_command(tmp_path: Path, server: StateManagerStub) -> None:
+    server.script["log_running"] = [(200, {"status": "K"})]
+    marker = tmp_path / "finished"
+    run = run_worker(tmp_path, server.url, f"sleep 60; touch {marker}", extra=["--running-report-delay", "0.3"])
+
+    assert run.elapsed < 10 and not marker.exists()
+    assert server.actions() == ["log_running", "log_error"]
+    body = server.only("log_error").body
+    assert body["error_state"] == "F" and body["error_message"].startswith("killed by request (KILL_SELF)")
+    assert run.proc.returncode == 130  # sleep died of the SIGINT
+    assert run.record["status"] == "F" and run.record["reported"] is True
+
+
 def test_kill_before_start_does_not_run_the_command(tmp_path: Path, server: StateManagerStub) -> None:
     server.script["log_running"] = [(200, {"status": "K"})]
     marker = tmp_path / "ran"
-    run = run_worker(tmp_path, server.url, f"touch {marker}")
+    run = run_worker(tmp_path, server.url, f"touch {marker}", extra=["--running-report-delay", "0"])
 
     assert not marker.exists()
     assert server.actions() == ["log_running", "log_error"]
@@ -116,10 +155,25 @@ def test_kill_before_start_does_not_run_the_command(tmp_path: Path, server: Stat
     assert run.proc.returncode == KILLED_BEFORE_START_EXIT
 
 
+def test_state_manager_down_short_command_record_holds_outcome(tmp_path: Path, closed_port_url: str) -> None:
+    marker = tmp_path / "ran"
+    run = run_worker(tmp_path, closed_port_url, f"touch {marker}; echo boom >&2; exit 5")
+
+    assert marker.exists()
+    assert run.proc.returncode == 5
+    assert run.elapsed < 10  # one retry budget of 1 s plus start-up
+    record = run.record
+    assert record["status"] == "E" and record["exit_status"] == 5 and "boom" in record["error_message"]
+    assert record["reported"] is False and record["report_error"].startswith("log_ran: ConnectionRefusedError")
+
+
 def test_state_manager_down_command_still_runs_and_record_holds_outcome(tmp_path: Path, closed_port_url: str) -> None:
     marker = tmp_path / "ran"
     run = run_worker(
-        tmp_path, closed_port_url, f"touch {marker}; echo boom >&2; exit 5", extra=["--heartbeat-interval", "0.2"]
+        tmp_path,
+        closed_port_url,
+        f"sleep 0.5; touch {marker}; echo boom >&2; exit 5",
+        extra=["--heartbeat-interval", "0.2"],
     )
 
     assert marker.exists()
@@ -134,16 +188,67 @@ def test_state_manager_down_command_still_runs_and_record_holds_outcome(tmp_path
 def test_server_error_is_retried_client_error_is_not(tmp_path: Path, server: StateManagerStub) -> None:
     server.script["log_running"] = [(503, {}), (200, {"status": "R"})]
     server.script["log_done"] = [(409, {"detail": "illegal transition"})]
-    run = run_worker(tmp_path, server.url, "true", extra=["--http-retry-seconds", "5"])
+    run = run_worker(tmp_path, server.url, "true", extra=["--http-retry-seconds", "5", "--running-report-delay", "0"])
 
     assert server.actions() == ["log_running", "log_running", "log_done"]
     assert run.proc.returncode == 0
     assert run.record["reported"] is False and "409" in run.record["report_error"]
 
 
+def test_one_report_is_retried_on_server_errors_not_on_client_errors(tmp_path: Path, server: StateManagerStub) -> None:
+    server.script["log_ran"] = [(503, {}), (502, {}), (200, {"status": "D"})]
+    run = run_worker(tmp_path, server.url, "true", extra=["--http-retry-seconds", "5"])
+    assert server.actions() == ["log_ran"] * 3
+    assert run.record["reported"] is True
+
+    server.calls.clear()
+    server.script["log_ran"] = [(409, {"detail": "illegal transition"})]
+    run = run_worker(tmp_path, server.url, "true", extra=["--http-retry-seconds", "5"])
+    assert server.actions() == ["log_ran"]
+    assert run.record["reported"] is False and run.record["report_error"].startswith("log_ran: HTTP 409")
+
+
+def test_a_state_manager_without_the_one_report_gets_the_two(tmp_path: Path, server: StateManagerStub) -> None:
+    """During an upgrade a new worker may meet an old State Manager: its 404 for the route (FastAPI's own "Not
+    Found", not a missing instance) makes the worker send log_running then log_error."""
+    server.script["log_ran"] = [(404, {"detail": "Not Found"})]
+    run = run_worker(tmp_path, server.url, "echo oops >&2; exit 4")
+
+    assert server.actions() == ["log_ran", "log_running", "log_error"]
+    assert (
+        server.only("log_error").body["error_state"] == "E" and "oops" in server.only("log_error").body["error_message"]
+    )
+    assert run.record["reported"] is True and run.proc.returncode == 4
+
+
+def test_a_missing_instance_is_not_mistaken_for_an_old_server(tmp_path: Path, server: StateManagerStub) -> None:
+    server.script["log_ran"] = [(404, {"detail": "task instance 17"})]
+    run = run_worker(tmp_path, server.url, "true")
+
+    assert server.actions() == ["log_ran"]
+    assert run.record["reported"] is False and "404" in run.record["report_error"]
+
+
+def test_long_command_reports_running_first_then_heartbeats_then_done(tmp_path: Path, server: StateManagerStub) -> None:
+    ended = tmp_path / "ended"
+    command = f"sleep 1.2; touch {ended}"
+    run = run_worker(
+        tmp_path, server.url, command, extra=["--running-report-delay", "0.2", "--heartbeat-interval", "0.5"]
+    )
+
+    assert run.proc.returncode == 0, run.proc.stderr
+    actions = server.actions()
+    assert actions[0] == "log_running" and actions[-1] == "log_done" and "log_ran" not in actions
+    assert set(actions[1:-1]) == {"log_report_by"} and len(actions[1:-1]) >= 1
+    running_call = server.only("log_running")
+    assert running_call.at < server.only("log_done").at - 0.5  # reported while the command still ran
+    assert running_call.body["next_report_increment"] == pytest.approx(0.5 * 3.1)
+    assert run.record["status"] == "D" and run.record["reported"] is True
+
+
 def test_unauthorized_start_still_runs_the_command(tmp_path: Path, server: StateManagerStub) -> None:
     server.script["log_running"] = [(401, {"detail": "bad token"})]
-    run = run_worker(tmp_path, server.url, "exit 0")
+    run = run_worker(tmp_path, server.url, "exit 0", extra=["--running-report-delay", "0"])
 
     assert server.actions() == ["log_running", "log_done"]
     assert run.proc.returncode == 0 and run.record["status"] == "D"
@@ -204,4 +309,28 @@ def test_sigterm_to_the_worker_is_passed_to_the_command(tmp_path: Path, server: 
     assert proc.returncode == 143, stderr
     assert "received SIGTERM" in stderr
     assert json.loads(record.read_text())["status"] == "E"
-    assert server.only("log_error").body["exit_status"] == -15
+    assert server.only("log_ran").body["exit_status"] == -15  # it ended before its running report was due
+
+
+def test_jobs_start_the_worker_isolated_from_the_job_s_python_variables(
+    tmp_path: Path, server: StateManagerStub
+) -> None:
+    """``python_argv()`` (what the job runs): from any directory, and a PYTHONPATH meant for the command (here one
+    whose json.py would break the worker) neither shadows the worker's modules nor is lost to the command."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "json.py").write_text("raise SystemExit('shadowed json imported')\n")
+    token_file, record, seen = tmp_path / "t.token", tmp_path / "ti.exit.json", tmp_path / "seen"
+    token_file.write_text(TOKEN)
+    argv = [
+        *worker_node.python_argv(), "--task-instance-id", str(TI_ID), "--state-manager-url", server.url,
+        "--token-file", str(token_file), "--exit-record", str(record), "--http-retry-seconds", "1",
+        "--command-b64", base64.b64encode(f'echo "$PYTHONPATH" > {seen}'.encode()).decode(),
+    ]  # fmt: skip
+    assert argv[1:3] == ["-I", "-S"]
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    proc = subprocess.run(argv, cwd=tmp_path, env={**env, "PYTHONPATH": str(shadow)}, capture_output=True, text=True)
+
+    assert proc.returncode == 0, proc.stderr
+    assert server.actions() == ["log_ran"] and json.loads(record.read_text())["reported"] is True
+    assert seen.read_text().strip() == str(shadow)  # the command's environment is untouched

@@ -61,3 +61,61 @@ def test_error_message_keeps_the_end_within_the_limit() -> None:
     message = error_message("Insufficient resources requested (exit 137)", tail)
     assert len(message) == ERROR_MESSAGE_CHARS
     assert message.startswith("Insufficient resources requested") and message.endswith("THE END")
+
+
+# -- the worker's copies of domain formats (it does not import records/states: their dataclasses cost start-up)
+
+
+def test_statuses_are_the_state_machine_s() -> None:
+    from jobmon_airflow.states import TaskInstanceStatus
+    from jobmon_airflow.worker_node import outcome
+
+    for name in ("RUNNING", "DONE", "ERROR", "RESOURCE_ERROR", "ERROR_FATAL", "KILL_SELF"):
+        assert getattr(outcome, name) == TaskInstanceStatus[name].value
+
+
+@pytest.mark.parametrize(
+    ("reported", "report_error"), [(False, None), (True, None), (False, "log_ran: HTTP 409 Conflict: no")]
+)
+@pytest.mark.parametrize("status", ["D", "E", "Z", "F"])
+def test_exit_record_text_is_what_records_writes_and_reads(
+    status: str, reported: bool, report_error: str | None
+) -> None:
+    from jobmon_airflow.records import ExitRecord, Usage
+    from jobmon_airflow.worker_node.node import exit_record_text
+    from jobmon_airflow.worker_node.outcome import Outcome
+
+    usage = {"maxrss_bytes": 2048, "wallclock_s": 1.25, "cpu_s": 0.5}
+    outcome = Outcome(status, 3, "tail\nof stderr ünï", 3, usage)
+    text = exit_record_text(
+        17,
+        outcome,
+        nodename="n1.cluster",
+        distributor_id="42.7",
+        started_at=1.5,
+        finished_at=2.5,
+        reported=reported,
+        report_error=report_error,
+    )
+    expected = ExitRecord(
+        task_instance_id=17,
+        status=status,
+        exit_status=3,
+        error_message="tail\nof stderr ünï",
+        nodename="n1.cluster",
+        distributor_id="42.7",
+        usage=Usage(2048, 1.25, 0.5),
+        started_at=1.5,
+        finished_at=2.5,
+        reported=reported,
+        report_error=report_error,
+    )
+    assert text == expected.to_json()
+    assert ExitRecord.from_json(text, task_instance_id=17) == expected
+
+
+def test_no_usage_has_the_fields_of_usage() -> None:
+    from jobmon_airflow.records import Usage
+    from jobmon_airflow.worker_node.outcome import NO_USAGE
+
+    assert Usage.from_dict(NO_USAGE) == Usage(0, 0.0, 0.0) and set(NO_USAGE) == set(Usage().to_dict())
