@@ -9,6 +9,18 @@ Each benchmark runs in its own child process (its own Airflow home, connections 
 - d  ``shared_poll``        qstat calls per poll interval with 500 deferred task triggers in one process
 - e  ``array_10k``          a 10,000-element array: submission (bind + queue + qsub -t batches), then tracked
                             end to end vs a raw ``qsub -t 1-10000`` (``--elements`` to change the size)
+- s  ``scale``              heartbeats through nginx: two State Manager replicas vs one, side by side
+- g  ``query``              query API routes and the CLI's ``workflow status`` on a 100,000-task workflow (MariaDB)
+- p  ``pages``              the pages in Airflow's UI (server time) on a 100,000-task workflow (MariaDB)
+- r  ``reaper``             one full workflow-reaper pass over 1,000,000 task instances and 10,000 runs (MariaDB;
+                            ``BENCH_REAPER_INSTANCES`` / ``BENCH_REAPER_RUNS`` to change the size)
+- q  ``qpid_etl``           the QPID max-RSS ETL on a 200,000-candidate backlog (MariaDB) vs a row-at-a-time
+                            integrator like Jobmon's, on a sample; write methods on MariaDB and SQLite
+- w  ``worker_node``        a trivial element's worker node: CPU time, imports and HTTP requests per element, vs
+                            another commit's worker (``BENCH_WORKER_BASELINE``, default HEAD) and a bare python
+- l  ``local_fork_join``    start, N trivial tasks as one array, end on the local cluster (dag.test, defaults) vs
+                            ``xargs -P <slots>`` of the same commands (``--sizes``)
+- t  ``local_single_task``  one trivial JobmonTaskOperator on the local cluster, execute → success
 """
 
 from __future__ import annotations
@@ -32,6 +44,14 @@ BENCHMARKS = {
     "c": "state_db",
     "d": "shared_poll",
     "e": "array_10k",
+    "s": "scale",
+    "g": "query",
+    "p": "pages",
+    "w": "worker_node",
+    "r": "reaper",
+    "q": "qpid_etl",
+    "l": "local_fork_join",
+    "t": "local_single_task",
 }
 
 
@@ -43,7 +63,9 @@ def run_one(key: str, sizes: list[int], elements: int) -> int:
     started, code = time.monotonic(), code_under_test()  # the code as it is now, not when the run ends
     name = BENCHMARKS[key]
     module = __import__(f"benchmarks.{name}", fromlist=["run"])
-    kwargs: dict[str, Any] = {"sizes": sizes} if key in ("a", "b") else {"elements": elements} if key == "e" else {}
+    kwargs: dict[str, Any] = (
+        {"sizes": sizes} if key in ("a", "b", "l") else {"elements": elements} if key == "e" else {}
+    )
     result = module.run(**kwargs)
     if "runs" in result:
         result = merge_runs(name, result, code)
@@ -54,8 +76,8 @@ def run_one(key: str, sizes: list[int], elements: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated letters (default: all)")
-    parser.add_argument("--sizes", default="200", help="N for a and b, comma-separated (default 200)")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated letters (default: all)")
+    parser.add_argument("--sizes", default="200", help="N for a, b and l, comma-separated (default 200)")
     parser.add_argument("--elements", type=int, default=10_000, help="array size for e (default 10000)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--table-only", action="store_true", help="only regenerate RESULTS.md")

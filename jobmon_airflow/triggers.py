@@ -2,7 +2,8 @@
 
 Read-only: they write nothing but workflow-run heartbeats and liveness marks (idempotent); ``execute_complete``
 records outcomes, since a trigger may run more than once. Every trigger of one process shares one poll
-(:class:`jobmon_airflow.watch.SharedWatcher`).
+(:class:`jobmon_airflow.watch.SharedWatcher`). ``on_kill`` deletes jobs only when the user acted on the task, not
+when the trigger merely moved to another triggerer (Airflow 3.3 calls ``on_kill`` in both cases).
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from jobmon_airflow.execution import kill_instances
+from jobmon_airflow.execution import ArrayProgress, apply_concurrency, kill_instances
 from jobmon_airflow.hooks.cluster import get_cluster
 from jobmon_airflow.hooks.jobmon import JobmonHook
 from jobmon_airflow.watch import DEFAULT_LOST_GRACE_S, Poller, SharedWatcher
+
+# How often on_kill asks Airflow for the task's state before it assumes the task is gone (Airflow gives on_kill
+# [triggerer] on_kill_timeout, 30 s by default, so the back-off stays well inside that).
+STATE_ATTEMPTS = 3
+STATE_BACKOFF_S = 0.5
 
 
 class _JobmonTrigger(BaseTrigger):
@@ -61,6 +68,54 @@ class _JobmonTrigger(BaseTrigger):
         poller = (await self.watcher()).poller
         await asyncio.to_thread(kill_instances, poller.services, poller.cluster, jobs)
 
+    async def _still_deferred(self) -> bool:
+        """Whether Airflow still holds this trigger's task instance deferred.
+
+        Airflow 3.3's triggerer calls ``on_kill`` not only when a user acts on the task but also when the trigger
+        is no longer assigned to this triggerer (another triggerer took it over). Then the task is still
+        ``deferred`` and its jobs must live on. Any other state, or no answer after bounded retries, is a real
+        kill. The Task SDK's supervisor answers through the execution API, as in the standard provider's
+        ``ExternalTaskSensor`` trigger. A moved trigger whose new triggerer already fired (its jobs ended) finds the
+        task resumed, not deferred: the kill then meets no live instance, as it only takes live ones.
+        """
+        ti = self.task_instance
+        if ti is None:  # not run by a triggerer (dag.test() or a unit test): nothing to ask
+            return False
+        key = ti.task_id if ti.map_index is None or ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"
+        for attempt in range(STATE_ATTEMPTS):
+            try:
+                states = await asyncio.to_thread(
+                    RuntimeTaskInstance.get_task_states,
+                    dag_id=ti.dag_id,
+                    map_index=ti.map_index,
+                    task_ids=[ti.task_id],
+                    run_ids=[ti.run_id],
+                )
+            except Exception:  # the API server briefly away: retry, then treat the state as unknown
+                self.log.warning("Could not read the state of %s (attempt %d)", key, attempt + 1, exc_info=True)
+                await asyncio.sleep(STATE_BACKOFF_S * 2**attempt)
+                continue
+            state = states.get(ti.run_id, {}).get(key)
+            return str(state) == "deferred"
+        return False
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: the user marked the deferred task failed/success or cleared it: delete its jobs.
+
+        Not when the trigger merely moved to another triggerer (the task is still deferred).
+        """
+        if await self._still_deferred():
+            self.log.info("%r moved to another triggerer; its jobs live on", self)
+            return
+        try:
+            await self._kill(await self._jobs())
+        except Exception:  # best effort, as Airflow's own on_kill implementations: log and carry on
+            self.log.exception("Could not kill the jobs of %r", self)
+
+    async def _jobs(self) -> dict[int, str | None]:
+        """Task instance id -> cluster job id of every job this trigger waits for."""
+        raise NotImplementedError
+
 
 class JobmonTaskTrigger(_JobmonTrigger):
     """Waits until one task instance ends."""
@@ -77,12 +132,11 @@ class JobmonTaskTrigger(_JobmonTrigger):
         watcher = await self.watcher()
         yield TriggerEvent((await watcher.wait(self.task_instance_id, self.job_id)).to_dict())
 
-    async def on_kill(self) -> None:
-        """Airflow 3.3+: the user marked the deferred task failed/success or cleared it: delete the job."""
-        try:
-            await self._kill({self.task_instance_id: self.job_id})
-        except Exception:  # best effort, as Airflow's own on_kill implementations: log and carry on
-            self.log.exception("Could not kill job %s of task instance %s", self.job_id, self.task_instance_id)
+    async def _jobs(self) -> dict[int, str | None]:
+        return {self.task_instance_id: self.job_id}
+
+    def __repr__(self) -> str:
+        return f"JobmonTaskTrigger(task_instance_id={self.task_instance_id}, job_id={self.job_id!r})"
 
 
 class JobmonArrayTrigger(_JobmonTrigger):
@@ -103,16 +157,30 @@ class JobmonArrayTrigger(_JobmonTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watcher = await self.watcher()
-        live = await asyncio.to_thread(watcher.poller.services.queries.array_live_instances, self.array_id)
-        events = await watcher.wait_many(live)
-        outcomes = [e.to_dict() for e in events.values() if not e.recorded]
-        yield TriggerEvent({"array_id": self.array_id, "carry": self.carry, "ended": len(events), "outcomes": outcomes})
-
-    async def on_kill(self) -> None:
-        """Airflow 3.3+: the user killed the deferred array task: delete every job of the array."""
+        services, cluster = watcher.poller.services, watcher.poller.cluster
+        live = await asyncio.to_thread(services.queries.array_live_instances, self.array_id)
+        waiting = asyncio.ensure_future(watcher.wait_many(live))
         try:
-            poller = (await self.watcher()).poller
-            live = await asyncio.to_thread(poller.services.queries.array_live_instances, self.array_id)
-            await self._kill(dict(live))
-        except Exception:  # best effort, logged
-            self.log.exception("Could not kill the jobs of Jobmon array %s", self.array_id)
+            progress: ArrayProgress | None = ArrayProgress.from_dict(self.carry)
+        except ValueError:  # no carry (an older trigger): watch only; execute_complete reports the bad carry
+            progress = None
+        try:
+            # Every interval while waiting: a limit changed by `workflow concurrency` goes to the live batches.
+            while not (await asyncio.wait({waiting}, timeout=self.poll_interval))[0] and progress is not None:
+                try:
+                    await asyncio.to_thread(apply_concurrency, services, cluster, progress, live)
+                except Exception:  # the cluster or database briefly away: the next interval tries again
+                    self.log.warning("Could not apply the concurrency limit of array %s", self.array_id, exc_info=True)
+            events = await waiting
+        finally:
+            waiting.cancel()
+        carry = progress.to_dict() if progress is not None else self.carry
+        outcomes = [e.to_dict() for e in events.values() if not e.recorded]
+        yield TriggerEvent({"array_id": self.array_id, "carry": carry, "ended": len(events), "outcomes": outcomes})
+
+    async def _jobs(self) -> dict[int, str | None]:
+        poller = (await self.watcher()).poller
+        return dict(await asyncio.to_thread(poller.services.queries.array_live_instances, self.array_id))
+
+    def __repr__(self) -> str:
+        return f"JobmonArrayTrigger(array_id={self.array_id})"

@@ -26,6 +26,9 @@ echo "test: mypy"
 echo "test: import contracts"
 .venv/bin/lint-imports --no-cache
 echo "test: pytest"
+# Screenshots of the browser tests and other evidence worth keeping after a run.
+export JOBMON_TEST_ARTIFACTS="${JOBMON_TEST_ARTIFACTS:-$PWD/var/test-artifacts}"
+mkdir -p "$JOBMON_TEST_ARTIFACTS"
 set +e
 .venv/bin/pytest "$@"
 status=$?

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from jobmon_airflow import models, states
+from jobmon_airflow import models, states, telemetry
 from jobmon_airflow.db import session_scope
 from jobmon_airflow.records import Usage
 
@@ -49,6 +49,10 @@ WF = table(models.Workflow)
 WFR = table(models.WorkflowRun)
 TASK_RESOURCES = table(models.TaskResources)
 ERROR_LOG = table(models.TaskInstanceErrorLog)
+TTV = table(models.TaskTemplateVersion)
+TT = table(models.TaskTemplate)
+ARRAY = table(models.Array)
+QUEUE = table(models.Queue)
 
 
 class NotFound(LookupError):
@@ -140,14 +144,20 @@ def transition(
     ids: Iterable[int],
     new: str,
     values: Mapping[str, Any] | None = None,
+    then: str | None = None,
 ) -> list[int]:
     """Move rows to ``new`` where the state machine allows; return the ids that changed.
 
     Rows already in ``new`` and untimely transitions are left alone (reporters race; retried HTTP calls repeat);
     an illegal transition raises :class:`states.IllegalTransition` and rolls the whole transaction back.
+    ``then``: a further legal step taken in the same UPDATE (``new`` is then an intermediate status that nobody
+    outside the transaction sees, and costs no write of its own).
     """
     changed: list[int] = []
     now = utcnow()
+    final = new
+    if then is not None and fsm.check(new, then):
+        final = then
     for chunk in chunks(sorted(set(ids))):
         rows = session.execute(
             sa.select(tbl.c.id, tbl.c.status).where(tbl.c.id.in_(chunk)).order_by(tbl.c.id).with_for_update()
@@ -160,9 +170,12 @@ def transition(
             session.execute(
                 tbl.update()
                 .where(tbl.c.id.in_(legal), tbl.c.status.in_(fsm.sources(new)))
-                .values(status=new, status_date=now, **(values or {}))
+                .values(status=final, status_date=now, **(values or {}))
             )
             changed.extend(legal)
+            telemetry.count_transitions(session, fsm.name, new, len(legal))  # counted at commit
+            if final != new:  # the step through ``new`` happened too, in the same UPDATE
+                telemetry.count_transitions(session, fsm.name, final, len(legal))
     return changed
 
 
