@@ -7,6 +7,7 @@ missing they fail under ``CI=true`` and skip with a one-line reason elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -61,13 +62,9 @@ def gridengine() -> dict[str, str]:
     return {k: os.environ[k] for k in SGE_ENV}
 
 
-@pytest.fixture(scope="session")
-def mariadb_url() -> Iterator[str]:
-    """SQLAlchemy URL of a fresh MariaDB database for this session (``jobmon_test_<random>``), dropped at the end.
-
-    The server keeps its data between sessions (and CI runs on the developer's machine): a database of our own
-    keeps every session independent of what earlier ones left.
-    """
+@contextlib.contextmanager
+def _fresh_mariadb_database() -> Iterator[str]:
+    """SQLAlchemy URL of a new, empty MariaDB database (``jobmon_test_<random>``), dropped on exit."""
     import uuid
 
     import sqlalchemy as sa
@@ -82,10 +79,31 @@ def mariadb_url() -> Iterator[str]:
     except Exception as exc:  # any failure to connect or create means the service is not there
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
     require_service(problem, "MariaDB")
-    yield server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-    admin.dispose()
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """SQLAlchemy URL of a fresh MariaDB database for this session, dropped at the end.
+
+    The server keeps its data between sessions (and CI runs on the developer's machine): a database of our own
+    keeps every session independent of what earlier ones left.
+    """
+    with _fresh_mariadb_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def own_mariadb_url() -> Iterator[str]:
+    """A fresh MariaDB database for one test module alone: for tests of passes over the whole database (the
+    reaper, the max-RSS ETL) that other modules' workflows would otherwise meet."""
+    with _fresh_mariadb_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -48,9 +48,11 @@ SLACK_CHANNEL_DEFAULT = "jobmon-alerts"  # Jobmon's reaper.slack_channel_default
 
 
 def clusters_for(services: Services, gridengine_conn_id: str = "gridengine_default") -> dict[str, Cluster]:
-    """The clusters the state database knows, built from their connections (only those it has rows for)."""
-    names = Reaping(services.engine).cluster_names()
-    return {name: get_cluster(cluster_spec(name, gridengine_conn_id=gridengine_conn_id)) for name in names}
+    """The clusters the state database knows (by name), each built from its type's connection."""
+    types = Reaping(services.engine).cluster_types()
+    return {
+        name: get_cluster(cluster_spec(kind, gridengine_conn_id=gridengine_conn_id)) for name, kind in types.items()
+    }
 
 
 class _ReaperSensor(BaseSensorOperator):

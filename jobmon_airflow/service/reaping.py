@@ -61,6 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLUSTER = table(models.Cluster)
+CLUSTER_TYPE = table(models.ClusterType)
 NOTE = table(models.WorkflowRunNote)
 SOURCE = "reaper"
 PAGE = 10_000  # candidates per query (keyset pages by id)
@@ -172,9 +173,15 @@ class Reaping(Store):
                     after = rows[-1].id
         return out[:limit]
 
-    def cluster_names(self) -> list[str]:
+    def cluster_types(self) -> dict[str, str]:
+        """{cluster name: its type (local, gridengine)}: what to build a cluster from is its type, not its name."""
         with self.engine.connect() as conn:
-            return sorted(conn.execute(sa.select(CLUSTER.c.name)).scalars())
+            rows = conn.execute(
+                sa.select(CLUSTER.c.name, CLUSTER_TYPE.c.name).join(
+                    CLUSTER_TYPE, CLUSTER_TYPE.c.id == CLUSTER.c.cluster_type_id
+                )
+            ).all()
+        return {name: kind for name, kind in rows}
 
     def instance_facts(self, ti_ids: Iterable[int]) -> dict[int, tuple[str, datetime | None]]:
         """{instance id: (its cluster's name, the deadline it should have been heard from by)}: the report-by

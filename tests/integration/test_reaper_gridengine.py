@@ -46,15 +46,16 @@ LOG = models.TaskInstanceErrorLog.__table__
 
 
 @pytest.fixture(scope="module")
-def world(gridengine: dict[str, str], mariadb_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Connections as a deployment has them, an Airflow API stand-in and a Slack sink."""
+def world(gridengine: dict[str, str], own_mariadb_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Connections as a deployment has them, an Airflow API stand-in and a Slack sink; a database of its own (a
+    reaper pass covers the whole database, and other modules' workflows are not this test's to reap)."""
     logs = tmp_path_factory.mktemp("reaper-sge-logs")
     with (
         serving(FakeAirflowApi()) as api,
         serving(SlackSink()) as slack,
         pytest.MonkeyPatch.context() as mp,
     ):
-        mp.setenv("AIRFLOW_CONN_JOBMON_MARIADB", json.dumps(mysql_connection(mariadb_url)))
+        mp.setenv("AIRFLOW_CONN_JOBMON_MARIADB", json.dumps(mysql_connection(own_mariadb_url)))
         mp.setenv(
             "AIRFLOW_CONN_JOBMON_DEFAULT",
             json.dumps({"conn_type": "jobmon", "extra": {"mysql_conn_id": "jobmon_mariadb", "cluster": "gridengine"}}),

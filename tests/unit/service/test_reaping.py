@@ -211,3 +211,11 @@ def test_never_submitted_instances_close_through_kill(services: Services, reapin
     assert reaping.close_killed([sub.task_instance_id], "Reaper: no worker") == [sub.task_instance_id]
     assert services.queries.task_instance(sub.task_instance_id).status == "F"
     assert services.queries.get_task(services.queries.task_instance(sub.task_instance_id).task_id).status == "F"
+
+
+def test_clusters_are_known_by_name_and_built_from_their_type(services: Services, reaping: Reaping) -> None:
+    """A cluster row's name need not be its type (another deployment's naming, a test's cluster): the reaper builds
+    each cluster from its type, so one such row cannot stop a pass (it did: "expected one of local, gridengine")."""
+    services.binding.cluster_id("local", "local")
+    services.binding.cluster_id("site-b-gridengine", "gridengine")
+    assert reaping.cluster_types() == {"local": "local", "site-b-gridengine": "gridengine"}
