@@ -262,21 +262,46 @@ def rows(name: str, doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
         )
     elif name == "scale":
-        p = doc["per_s"]
-        out.append(
+        out += _scale_rows(doc)
+    elif name == "worker_node":
+        out += _worker_node_rows(doc)
+    elif name == "qpid_etl":
+        out += _qpid_etl_rows(doc)
+    return out
+
+
+def _scale_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    capped = doc.get("capped", {})
+    for client, label in (("python", "benchmark c's client"), ("wrk", "wrk")):
+        if client not in capped.get("per_s", {}):
+            continue
+        p, last = capped["per_s"][client], capped["rounds"][-1][client]
+        cores = last["nginx_1_replica"]["parts_busy_cores"]["replica 1"]
+        busy = last["nginx_2_replicas"]["machine_busy_cores"]
+        rows.append(
             (
-                "heartbeats over HTTP through nginx: 2 State Manager replicas vs 1",
+                f"heartbeats through nginx, each replica capped at {capped['cpu_cap_per_replica']} CPU (cgroup), "
+                f"2 replicas vs 1, {label}",
+                f"{_f(p['nginx_2_replicas'])}/s",
+                f"1 replica {_f(p['nginx_1_replica'])}/s (last round: it used {cores} core; "
+                f"the machine with 2: {busy} of 2 busy); "
+                "rounds " + " / ".join(f"{r:.2f}" for r in capped["ratio_per_round"][client]) + "; target ≥ 1.8×",
+                f"{_f(capped['ratio_2_to_1_replica'][client])}× (median)",
+            )
+        )
+    if "per_s" in doc:
+        p = doc["per_s"]
+        rows.append(
+            (
+                "heartbeats over HTTP through nginx, uncapped (2 replicas share the 2 cores): 2 replicas vs 1",
                 f"{_f(p['nginx_2_replicas'])}/s",
                 f"1 replica {_f(p['nginx_1_replica'])}/s (direct, no nginx: {_f(p['direct_1_replica'])}/s); "
                 f"target ≥ {doc['target_ratio']}×",
                 f"{_f(doc['ratio_2_to_1_replica'])}×",
             )
         )
-    elif name == "worker_node":
-        out += _worker_node_rows(doc)
-    elif name == "qpid_etl":
-        out += _qpid_etl_rows(doc)
-    return out
+    return rows
 
 
 def _qpid_etl_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:

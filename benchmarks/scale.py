@@ -9,8 +9,16 @@ was answered, every answer checked 200) runs against: replica 1 directly, nginx 
 three times each, interleaved; the headline is the median of the rounds' 2-vs-1 ratios (the load of a shared 2-core
 machine swings between rounds). Then the same with wrk (C, one thread) as the client, with the CPU each part used
 per heartbeat (replicas, nginx, MariaDB, client; /proc) and the machine's busy cores: what bounds the ratio on a
-shared 2-core machine (docs/scale.md). Also measured: rows and bytes per table for 20,000 tasks (docs/scale.md).
-Needs nginx and MariaDB (scripts/setup_services.sh, scripts/services/scale.packages).
+shared 2-core machine (docs/scale.md).
+
+Then the fair comparison, as deployments run replicas (containers with CPU limits): each replica gets the same fixed
+CPU budget in its own cgroup (v1 ``cpu`` controller, CFS quota, ``BENCH_SCALE_CPU_CAP`` CPUs each, default 0.4;
+benchmarks/cpu_caps.py), nginx, MariaDB and the client stay outside the caps, and nginx → 1 replica vs nginx → 2
+replicas run side by side in interleaved rounds (``BENCH_SCALE_CAPPED_ROUNDS``, default 3; the order alternating),
+with both clients, recording each part's CPU and the groups' throttling. ``BENCH_SCALE_UNCAPPED=0`` runs only
+these, keeping the last full run's uncapped figures (named as such). Also measured: rows and bytes per table for
+20,000 tasks (docs/scale.md). Needs nginx, wrk and MariaDB (scripts/setup_services.sh,
+scripts/services/scale.packages); root for the cgroups.
 """
 
 from __future__ import annotations
@@ -19,19 +27,25 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import drop_database, free_port, fresh_database, load_average, log
+from benchmarks.common import RESULTS, drop_database, free_port, fresh_database, load_average, log
+from benchmarks.cpu_caps import PERIOD_US, CpuCaps, Throttling, available, busy_s, children, cpu_s
 from benchmarks.state_db import HTTP_CLIENT_PROCESSES, HTTP_CONNECTIONS_EACH, _hb_http_process, _port_open, _processes
 
 DB = "jobmon_test_bench_scale"
 INSTANCES = 1000
 ROUNDS = 3
+CAPPED_ROUNDS = int(os.environ.get("BENCH_SCALE_CAPPED_ROUNDS", "3"))
+UNCAPPED = os.environ.get("BENCH_SCALE_UNCAPPED", "1") != "0"  # 0: only the capped rounds
+CPU_CAP = float(os.environ.get("BENCH_SCALE_CPU_CAP", "0.4"))  # CPUs per replica in the capped rounds
 
 NGINX_CONF = """
 pid {dir}/nginx.pid;
@@ -156,35 +170,6 @@ end
 """
 
 
-def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` so far (/proc/<pid>/stat)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def _busy_s() -> float:
-    """CPU seconds the whole machine spent busy (every process, other users' too), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
 def _wrk(port: int, script: Path, seconds: float) -> tuple[float, float]:
     """Heartbeats per second with wrk (C, one thread, ``WRK_CONNECTIONS`` keep-alive connections) and wrk's own
     CPU seconds; every answer must be 2xx."""
@@ -202,26 +187,216 @@ def _wrk(port: int, script: Path, seconds: float) -> tuple[float, float]:
     return rate, (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    cpu_s: dict[str, float]  # per part, /proc
+    busy_s: float  # the whole machine, /proc/stat
+    throttling: dict[str, Throttling]  # per capped group, cpu.stat
+
+
+def _snapshot(parts: dict[str, list[int]], caps: CpuCaps | None = None) -> _Snapshot:
+    return _Snapshot(
+        {k: cpu_s(v) for k, v in parts.items()},
+        busy_s(),
+        {m: caps.throttling(m) for m in caps.groups} if caps else {},
+    )
+
+
+def _window(rate: float, seconds: float, before: _Snapshot, after: _Snapshot) -> dict[str, Any]:
+    """Heartbeats/s with the CPU milliseconds per heartbeat and the cores busy of each part and of the machine as a
+    whole (other users included), and each capped group's throttling, between two snapshots."""
+    calls, cpu = rate * seconds, {k: after.cpu_s[k] - before.cpu_s[k] for k in before.cpu_s}
+    out: dict[str, Any] = {
+        "per_s": round(rate),
+        "cpu_ms_per_heartbeat": {k: round(1000 * v / calls, 3) for k, v in cpu.items()},
+        "parts_busy_cores": {k: round(v / seconds, 2) for k, v in cpu.items()},
+        "machine_busy_cores": round((after.busy_s - before.busy_s) / seconds, 2),
+    }
+    if before.throttling:
+        out["throttling"] = {
+            m: {"periods": d.periods, "throttled": d.throttled, "throttled_ms": round(d.throttled_ms)}
+            for m, d in ((m, after.throttling[m] - before.throttling[m]) for m in before.throttling)
+        }
+    return out
+
+
+def _wrk_window(
+    port: int, script: Path, parts: dict[str, list[int]], seconds: float, caps: CpuCaps | None = None
+) -> dict[str, Any]:
+    before = _snapshot(parts, caps)
+    rate, client_s = _wrk(port, script, seconds)
+    out = _window(rate, seconds, before, _snapshot(parts, caps))
+    out["cpu_ms_per_heartbeat"]["client (wrk)"] = round(1000 * client_s / (rate * seconds), 3)
+    out["parts_busy_cores"]["client (wrk)"] = round(client_s / seconds, 2)
+    return out
+
+
+def _client_process(queue: Any, *args: Any) -> None:
+    """One spawned process of benchmark c's client; its count goes back through ``queue``."""
+    queue.put(_hb_http_process(*args))
+
+
+def _python_window(
+    port: int, ti_ids: list[int], token: str, parts: dict[str, list[int]], seconds: float, caps: CpuCaps
+) -> dict[str, Any]:
+    """Benchmark c's client, with the CPU of each part and of the client's processes over its measured window only
+    (the spawned interpreters' start-up is before it)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue, procs, start_at = ctx.Queue(), HTTP_CLIENT_PROCESSES, time.time() + 15
+    clients = [
+        ctx.Process(
+            target=_client_process,
+            args=(queue, port, token, ti_ids[p::procs], HTTP_CONNECTIONS_EACH, start_at, seconds),
+        )
+        for p in range(procs)
+    ]
+    for c in clients:
+        c.start()
+    try:
+        every = {**parts, "client (python)": [c.pid for c in clients if c.pid]}
+        time.sleep(max(0.0, start_at - time.time()))
+        before = _snapshot(every, caps)
+        time.sleep(seconds)
+        after = _snapshot(every, caps)
+        calls = sum(queue.get(timeout=120) for _ in clients)
+    finally:
+        for c in clients:
+            c.join(60)
+    return _window(calls / seconds, seconds, before, after)
+
+
 def _cpu_split(
     variants: dict[str, int], parts: dict[str, list[int]], script: Path, seconds: float
 ) -> dict[str, dict[str, Any]]:
-    """Per variant, with wrk as the client: heartbeats/s and CPU milliseconds per heartbeat of each part (the
-    replicas, nginx, MariaDB, the client) and of the machine as a whole (other users included)."""
+    """Per variant, uncapped, with wrk as the client: where the CPU goes."""
     out: dict[str, dict[str, Any]] = {}
     for name, port in variants.items():
-        cpu0, busy0 = {k: _cpu_s(v) for k, v in parts.items()}, _busy_s()
-        rate, client_s = _wrk(port, script, seconds)
-        cpu1, busy1 = {k: _cpu_s(v) for k, v in parts.items()}, _busy_s()
-        calls = rate * seconds
-        ms = {k: round(1000 * (cpu1[k] - cpu0[k]) / calls, 3) for k in parts}
-        out[name] = {
-            "per_s": round(rate),
-            "cpu_ms_per_heartbeat": {**ms, "client (wrk)": round(1000 * client_s / calls, 3)},
-            "machine_busy_cores": round((busy1 - busy0) / seconds, 2),
-            "parts_busy_cores": {k: round((cpu1[k] - cpu0[k]) / seconds, 2) for k in parts},
-        }
-        log(f"wrk {name}: {rate:.0f}/s, CPU ms per heartbeat {out[name]['cpu_ms_per_heartbeat']}")
+        out[name] = _wrk_window(port, script, parts, seconds)
+        log(f"wrk {name}: {out[name]['per_s']}/s, CPU ms per heartbeat {out[name]['cpu_ms_per_heartbeat']}")
     return out
+
+
+# -- the fair comparison: each replica with the same CPU budget of its own, as containers with CPU limits
+
+
+def _capped(
+    variants: dict[str, int],
+    parts: dict[str, list[int]],
+    script: Path,
+    ti_ids: list[int],
+    token: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """nginx → 1 replica vs nginx → 2 replicas, each replica capped at ``CPU_CAP`` CPUs in its own cgroup, in
+    ``CAPPED_ROUNDS`` interleaved rounds (the order alternating), with benchmark c's client and with wrk."""
+    why_not = available()
+    if why_not:
+        return {"skipped": why_not}
+    caps = CpuCaps("jobmon-bench", ["replica-1", "replica-2"])
+    out: dict[str, Any] = {
+        "cpu_cap_per_replica": CPU_CAP,
+        "cfs_period_us": PERIOD_US,
+        "cfs_quota_us": round(CPU_CAP * PERIOD_US),
+        "cgroups": "cgroup v1 cpu controller, /sys/fs/cgroup/cpu/jobmon-bench/replica-{1,2} (removed afterwards); "
+        "nginx, MariaDB and the client uncapped",
+        "load_before": load_average(),
+    }
+    try:
+        threads = {}
+        for member, part in (("replica-1", "replica 1"), ("replica-2", "replica 2")):
+            in_group = caps.add(member, parts[part])
+            own = {int(t.name) for pid in parts[part] for t in Path(f"/proc/{pid}/task").iterdir()}
+            if own - set(in_group):
+                raise RuntimeError(f"threads of {part} outside its cgroup: {sorted(own - set(in_group))}")
+            threads[member] = len(in_group)
+        out["threads_in_group"] = threads
+        caps.set_cores(CPU_CAP)
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for r in range(CAPPED_ROUNDS):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            one: dict[str, dict[str, Any]] = {"python": {}, "wrk": {}}
+            for client in one:
+                for name in order:
+                    port = variants[name]
+                    one[client][name] = (
+                        _wrk_window(port, script, parts, seconds, caps)
+                        if client == "wrk"
+                        else _python_window(port, ti_ids, token, parts, seconds, caps)
+                    )
+                    w = one[client][name]
+                    log(f"capped {CPU_CAP} CPU, {client} {name}: {w['per_s']}/s, cores {w['parts_busy_cores']}")
+            rounds.append(one)
+    finally:
+        caps.close()
+    ratios = {
+        c: [x[c]["nginx_2_replicas"]["per_s"] / x[c]["nginx_1_replica"]["per_s"] for x in rounds]
+        for c in ("python", "wrk")
+    }
+    out.update(
+        {
+            "load_after": load_average(),
+            "order": "odd rounds 1 then 2 replicas, even rounds 2 then 1; each round benchmark c's client, then wrk",
+            "rounds": rounds,
+            "per_s": {
+                c: {v: round(statistics.mean(x[c][v]["per_s"] for x in rounds)) for v in variants} for c in ratios
+            },
+            "ratio_per_round": {c: [round(r, 2) for r in v] for c, v in ratios.items()},
+            "ratio_2_to_1_replica": {c: round(statistics.median(v), 2) for c, v in ratios.items()},
+            "meets_target": {c: statistics.median(v) >= 1.8 for c, v in ratios.items()},
+        }
+    )
+    log(f"capped at {CPU_CAP} CPU per replica: two replicas / one through nginx: {out['ratio_2_to_1_replica']}")
+    return out
+
+
+def _uncapped(variants: dict[str, int], ti_ids: list[int], token: str, seconds: float) -> dict[str, Any]:
+    """The three variants with benchmark c's client, no CPU caps: what the shared 2-core machine gives."""
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(ROUNDS):
+        for name, port in variants.items():
+            rates[name].append(_heartbeats(port, ti_ids, token, seconds))
+            log(f"heartbeats {name}: {rates[name][-1]:.0f}/s")
+    per_s = {k: round(sum(v) / len(v)) for k, v in rates.items()}
+    # Each round's variants ran back to back: the ratio within a round is the side-by-side figure; the median
+    # of the rounds' ratios is the headline (the machine's load swings between rounds).
+    round_ratios = sorted(a / b for a, b in zip(rates["nginx_2_replicas"], rates["nginx_1_replica"], strict=True))
+    median_ratio = round_ratios[len(round_ratios) // 2]
+    log(f"uncapped: two replicas / one through nginx: {median_ratio:.2f}")
+    return {
+        "per_s": per_s,
+        "per_round": {k: [round(x) for x in v] for k, v in rates.items()},
+        "ratio_2_to_1_replica": round(median_ratio, 2),
+        "ratio_per_round": [round(r, 2) for r in round_ratios],
+        "ratio_of_means": round(per_s["nginx_2_replicas"] / per_s["nginx_1_replica"], 2),
+        "ratio_nginx_to_direct": round(per_s["nginx_1_replica"] / per_s["direct_1_replica"], 2),
+        "target_ratio": 1.8,
+        "meets_target": median_ratio >= 1.8,
+        "load_after": load_average(),
+        "cores": os.cpu_count(),
+    }
+
+
+UNCAPPED_KEYS = (
+    *("per_s", "per_round", "ratio_2_to_1_replica", "ratio_per_round", "ratio_of_means"),
+    *("ratio_nginx_to_direct", "target_ratio", "meets_target", "cores", "wrk"),
+)
+
+
+def _previous_uncapped() -> dict[str, Any]:
+    """The uncapped figures of the last full run, kept beside a capped-only run, and named as such."""
+    path = RESULTS / "scale.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    keys = UNCAPPED_KEYS
+    run = old.get("uncapped_from_run") or {
+        "date": old["date"],
+        "commit": old["machine"]["code"]["commit"],
+        "load_before": old.get("load_before"),
+    }
+    return {**{k: old[k] for k in keys if k in old}, "uncapped_from_run": run}
 
 
 def run(seconds: float = 10.0, nginx_workers: int = 1) -> dict[str, Any]:
@@ -267,46 +442,26 @@ def run(seconds: float = 10.0, nginx_workers: int = 1) -> dict[str, Any]:
                 raise RuntimeError("the replicas or nginx did not start")
             time.sleep(0.2)
         variants = {"direct_1_replica": r1, "nginx_1_replica": one, "nginx_2_replicas": two}
-        rates: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(ROUNDS):
-            for name, port in variants.items():
-                rates[name].append(_heartbeats(port, ti_ids, token, seconds))
-                log(f"heartbeats {name}: {rates[name][-1]:.0f}/s")
-        per_s = {k: round(sum(v) / len(v)) for k, v in rates.items()}
-        # Each round's variants ran back to back: the ratio within a round is the side-by-side figure; the median
-        # of the rounds' ratios is the headline (the machine's load swings between rounds).
-        round_ratios = sorted(a / b for a, b in zip(rates["nginx_2_replicas"], rates["nginx_1_replica"], strict=True))
-        median_ratio = round_ratios[len(round_ratios) // 2]
-        out.update(
-            {
-                "path": "POST /jobmon/api/state/task_instance/{id}/log_report_by; client as benchmark c "
-                f"({HTTP_CLIENT_PROCESSES} processes × {HTTP_CONNECTIONS_EACH} keep-alive connections); "
-                f"nginx {nginx_workers} worker process(es), keep-alive upstreams; replicas: jobmon-airflow server "
-                "(1 uvicorn worker each) on one MariaDB database",
-                "per_s": per_s,
-                "per_round": {k: [round(x) for x in v] for k, v in rates.items()},
-                "ratio_2_to_1_replica": round(median_ratio, 2),
-                "ratio_per_round": [round(r, 2) for r in round_ratios],
-                "ratio_of_means": round(per_s["nginx_2_replicas"] / per_s["nginx_1_replica"], 2),
-                "ratio_nginx_to_direct": round(per_s["nginx_1_replica"] / per_s["direct_1_replica"], 2),
-                "target_ratio": 1.8,
-                "meets_target": median_ratio >= 1.8,
-                "load_after": load_average(),
-                "cores": os.cpu_count(),
-            }
+        out["path"] = (
+            "POST /jobmon/api/state/task_instance/{id}/log_report_by; client as benchmark c "
+            f"({HTTP_CLIENT_PROCESSES} processes × {HTTP_CONNECTIONS_EACH} keep-alive connections); "
+            f"nginx {nginx_workers} worker process(es), keep-alive upstreams; replicas: jobmon-airflow server "
+            "(1 uvicorn worker each) on one MariaDB database"
         )
-        log(f"two replicas / one through nginx: {out['ratio_2_to_1_replica']}")
-        if shutil.which("wrk"):
-            script = work / "heartbeat.lua"
-            script.write_text(WRK_LUA.format(ids=", ".join(map(str, ti_ids)), token=token))
-            mariadb = subprocess.run(["pidof", "mariadbd"], capture_output=True, text=True).stdout.split()
-            master = int((work / "nginx.pid").read_text())
-            parts = {
-                "replica 1": [replicas[0].pid, *_children(replicas[0].pid)],
-                "replica 2": [replicas[1].pid, *_children(replicas[1].pid)],
-                "nginx": [master, *_children(master)],
-                "mariadb": [int(p) for p in mariadb],
-            }
+        out.update(_uncapped(variants, ti_ids, token, seconds) if UNCAPPED else _previous_uncapped())
+        if not shutil.which("wrk"):
+            raise RuntimeError("wrk missing: install scripts/services/scale.packages (scripts/setup_services.sh)")
+        script = work / "heartbeat.lua"
+        script.write_text(WRK_LUA.format(ids=", ".join(map(str, ti_ids)), token=token))
+        mariadb = subprocess.run(["pidof", "mariadbd"], capture_output=True, text=True).stdout.split()
+        master = int((work / "nginx.pid").read_text())
+        parts = {
+            "replica 1": [replicas[0].pid, *children(replicas[0].pid)],
+            "replica 2": [replicas[1].pid, *children(replicas[1].pid)],
+            "nginx": [master, *children(master)],
+            "mariadb": [int(p) for p in mariadb],
+        }
+        if UNCAPPED:
             splits = [_cpu_split(variants, parts, script, seconds) for _ in range(ROUNDS)]
             wrk_ratios = sorted(r["nginx_2_replicas"]["per_s"] / r["nginx_1_replica"]["per_s"] for r in splits)
             out["wrk"] = {
@@ -316,6 +471,8 @@ def run(seconds: float = 10.0, nginx_workers: int = 1) -> dict[str, Any]:
                 "ratio_per_round": [round(r, 2) for r in wrk_ratios],
             }
             log(f"wrk: two replicas / one through nginx: {out['wrk']['ratio_2_to_1_replica']}")
+        behind_nginx = {k: v for k, v in variants.items() if k != "direct_1_replica"}
+        out["capped"] = _capped(behind_nginx, parts, script, ti_ids, token, seconds)
     finally:
         pid_file = work / "nginx.pid"
         if pid_file.exists():
