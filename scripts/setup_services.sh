@@ -32,8 +32,9 @@ WORK=$(mktemp -d /tmp/setup-services.XXXXXX)
 CREATED_POLICY_RC=0
 START=$SECONDS
 
-log() { printf 'setup_services: %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_NAME=setup_services
+# shellcheck source=scripts/shell_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/shell_lib.sh"
 
 on_exit() {
     local rc=$?
@@ -48,17 +49,6 @@ trap on_exit EXIT
 
 # Run a command with its output in the log only.
 quiet() { printf '+ %s\n' "$*" >>"$SETUP_LOG"; "$@" >>"$SETUP_LOG" 2>&1; }
-
-# Poll a command until it succeeds; fail after $1 seconds naming what was awaited.
-wait_for() {
-    local timeout=$1 what=$2
-    shift 2
-    local deadline=$((SECONDS + timeout))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "timed out after ${timeout}s waiting for $what"
-        sleep 0.25
-    done
-}
 
 # A daemon is alive when its pidfile names a live, non-zombie process with the expected name
 # (PID 1 here may not reap orphans, so a stopped daemon can linger as <defunct>).

@@ -34,6 +34,7 @@ from jobmon_airflow.clusters.base import (
     log_file_paths,
     split_job_id,
 )
+from jobmon_airflow.clusters.local_procs import is_alive, kill_sessions
 from jobmon_airflow.clusters.local_shepherd import (
     CONCURRENCY,
     ENDED,
@@ -41,9 +42,7 @@ from jobmon_airflow.clusters.local_shepherd import (
     SHEPHERD,
     SPEC,
     element_file,
-    is_alive,
     kill_file,
-    kill_sessions,
 )
 from jobmon_airflow.clusters.local_supervisor import LOG as SUPERVISOR_LOG
 from jobmon_airflow.clusters.local_supervisor import ensure_running

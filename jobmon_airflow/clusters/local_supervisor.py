@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
+from jobmon_airflow.clusters.local_procs import child_setup, is_alive, session_members
 from jobmon_airflow.clusters.local_shepherd import (
     ENDED,
     POLL_S,
@@ -42,10 +43,7 @@ from jobmon_airflow.clusters.local_shepherd import (
     SPEC,
     Forked,
     Shepherd,
-    _child_setup,
     element_file,
-    is_alive,
-    session_members,
 )
 from jobmon_airflow.clusters.local_slots import SlotPool
 from jobmon_airflow.files import PRIVATE_FILE, open_private_append, read_json, write_json
@@ -144,7 +142,7 @@ def fork_worker(options: list[str], env: dict[str, str], cwd: Path, out: int, er
     signals and death with the supervisor."""
     from jobmon_airflow.worker_node.cli import main as worker_main
 
-    setup = _child_setup(memory_bytes)
+    setup = child_setup(memory_bytes)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # nothing of ours may be written twice, by parent and child
     pid = os.fork()

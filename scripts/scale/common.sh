@@ -47,22 +47,9 @@ PG_CLUSTER=jobmon_scale
 PG_PORT=5433
 DB_USER=jobmon DB_PASSWORD=jobmon # the user setup_services.sh creates
 
-log() { printf 'scale: %s\n' "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
-# Poll a command until it succeeds; fail after $1 seconds naming what was awaited.
-wait_for() {
-    local timeout=$1 what=$2
-    shift 2
-    local deadline=$((SECONDS + timeout))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "timed out after ${timeout}s waiting for $what"
-        sleep 0.5
-    done
-}
+LOG_NAME=scale
+# shellcheck source=scripts/shell_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../shell_lib.sh"
 
 # The pid in $RUN/<name>.pid when it names a live, non-zombie process; empty otherwise.
 live_pid() {

@@ -49,6 +49,7 @@ def test_the_clusters_import_no_airflow_and_no_adapter() -> None:
         "import sys\n"
         "import jobmon_airflow.clusters, jobmon_airflow.clusters.gridengine, jobmon_airflow.clusters.local\n"
         "import jobmon_airflow.clusters.local_shepherd, jobmon_airflow.clusters.local_supervisor\n"
+        "import jobmon_airflow.clusters.local_procs\n"
         "bad = ('airflow', 'jobmon_airflow.hooks', 'jobmon_airflow.service', 'jobmon_airflow.operators')\n"
         "print(sorted(m for m in sys.modules if m.startswith(bad)))\n"
     )
