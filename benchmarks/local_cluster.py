@@ -92,6 +92,9 @@ def fork_join(n: int) -> dict[str, Any]:
     }
 
 
+FORK_JOIN_RUNS = int(os.environ.get("BENCH_L_RUNS", "3"))  # runs per N; the median is reported
+
+
 def run_fork_join(sizes: list[int]) -> dict[str, Any]:
     url = _use_local_cluster(DB_F)
     slots = _slots()
@@ -100,9 +103,15 @@ def run_fork_join(sizes: list[int]) -> dict[str, Any]:
         for n in sizes:
             log(f"l: N={n}: xargs -P {slots}")
             raw = xargs_baseline(n, slots)
-            log(f"l: xargs {raw['wall_s']} s; Jobmon fork-join (dag.test, defaults)")
-            jm = fork_join(n)
-            log(f"l: Jobmon {jm['wall_s']} s ({jm['dag_run_state']})")
+            log(f"l: xargs {raw['wall_s']} s; Jobmon fork-join (dag.test, defaults) × {FORK_JOIN_RUNS}")
+            tries = []
+            for i in range(FORK_JOIN_RUNS):
+                tries.append(fork_join(n))
+                log(f"l: Jobmon run {i + 1}: {tries[-1]['wall_s']} s ({tries[-1]['dag_run_state']})")
+            # The median run stands for all (a single run swung 25-36 s on an idle machine); every run is kept.
+            jm = {**sorted(tries, key=lambda t: t["wall_s"])[len(tries) // 2], "walls_s": [t["wall_s"] for t in tries]}
+            if any(t["dag_run_state"] != "success" for t in tries):
+                jm["dag_run_state"] = next(t["dag_run_state"] for t in tries if t["dag_run_state"] != "success")
             runs.append(
                 {
                     "n": n,

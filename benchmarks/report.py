@@ -141,7 +141,8 @@ def rows(name: str, doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             out.append(
                 (
                     f"N={r['n']}: fork-join (start, array of N, end) on the local cluster, dag.test, defaults",
-                    f"{_f(j['wall_s'], ' s')} ({j['dag_run_state']})",
+                    f"{_f(j['wall_s'], ' s')} ({j['dag_run_state']})"
+                    + (f" (median of {j['walls_s']})" if len(j.get("walls_s", [])) > 1 else ""),
                     f"xargs -P {x['slots']}: {_f(x['wall_s'], ' s')}{goal}",
                     f"{_f(r['ratio_wall'])}× xargs",
                 )

@@ -9,6 +9,7 @@ when the trigger merely moved to another triggerer (Airflow 3.3 calls ``on_kill`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -139,6 +140,12 @@ class JobmonTaskTrigger(_JobmonTrigger):
         return f"JobmonTaskTrigger(task_instance_id={self.task_instance_id}, job_id={self.job_id!r})"
 
 
+def progress_check_s(poll_interval: float) -> float:
+    """How often an array trigger counts its live tasks: a tenth of the poll interval, at least 1 s (one indexed
+    COUNT per array and check; the cluster still sees one status call per interval)."""
+    return min(poll_interval, max(1.0, poll_interval / 10))
+
+
 class JobmonArrayTrigger(_JobmonTrigger):
     """Waits until every live instance of a Jobmon array has ended.
 
@@ -164,13 +171,26 @@ class JobmonArrayTrigger(_JobmonTrigger):
             progress: ArrayProgress | None = ArrayProgress.from_dict(self.carry)
         except ValueError:  # no carry (an older trigger): watch only; execute_complete reports the bad carry
             progress = None
+        check = progress_check_s(self.poll_interval)
+        next_concurrency = time.monotonic() + self.poll_interval
         try:
-            # Every interval while waiting: a limit changed by `workflow concurrency` goes to the live batches.
-            while not (await asyncio.wait({waiting}, timeout=self.poll_interval))[0] and progress is not None:
+            while not (await asyncio.wait({waiting}, timeout=check))[0]:
+                # Every check: once the database shows no task of the array queued or running (their workers
+                # reported), the watcher looks now instead of at its next poll, up to an interval later.
                 try:
-                    await asyncio.to_thread(apply_concurrency, services, cluster, progress, live)
-                except Exception:  # the cluster or database briefly away: the next interval tries again
-                    self.log.warning("Could not apply the concurrency limit of array %s", self.array_id, exc_info=True)
+                    if await asyncio.to_thread(services.queries.array_tasks_live, self.array_id) == 0:
+                        watcher.look_soon(live)
+                except Exception:  # the database briefly away: the polls still end the wait
+                    self.log.warning("Could not count the live tasks of array %s", self.array_id, exc_info=True)
+                # Every interval: a limit changed by `workflow concurrency` goes to the live batches.
+                if progress is not None and time.monotonic() >= next_concurrency:
+                    next_concurrency = time.monotonic() + self.poll_interval
+                    try:
+                        await asyncio.to_thread(apply_concurrency, services, cluster, progress, live)
+                    except Exception:  # the cluster or database briefly away: the next interval tries again
+                        self.log.warning(
+                            "Could not apply the concurrency limit of array %s", self.array_id, exc_info=True
+                        )
             events = await waiting
         finally:
             waiting.cancel()

@@ -178,6 +178,14 @@ class Queries(Store):
             )
             return {r.id: r.distributor_id for r in rows if r.distributor_id}
 
+    def array_tasks_live(self, array_id: int) -> int:
+        """Tasks of an array whose newest instance is still queued or running: one COUNT on the index
+        (array_id, status) of ``task``, cheap enough for an array trigger to ask every second."""
+        with self.engine.connect() as conn:
+            live = TASK.c.status.in_(ACTIVE_TASK_STATUSES)
+            query = sa.select(sa.func.count()).where(TASK.c.array_id == array_id, live)
+            return int(conn.execute(query).scalar() or 0)
+
     def next_array_batch_num(self, array_id: int) -> int:
         with self.engine.connect() as conn:
             current = conn.execute(sa.select(sa.func.max(TI.c.array_batch_num)).where(TI.c.array_id == array_id))

@@ -334,3 +334,49 @@ def test_blocking_mode_applies_a_changed_limit_on_each_poll(services: Services, 
     events = Poller(services, cluster).wait_all_blocking(live, 0.01, every_poll)
     assert len(events) == 4 and polls == [0, 1]  # applied after the first poll, not again after the second
     assert cluster.concurrency == [{"101": 2}]
+
+
+def test_an_array_whose_workers_all_reported_fires_before_the_next_poll(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Elements older than one quick-look window end by their workers' reports; the array trigger sees in the
+    database that no task is live and the watcher looks at once, instead of at the next poll an interval later.
+    The cluster still sees one status call per poll."""
+    import asyncio
+    import time
+
+    from jobmon_airflow import triggers
+    from jobmon_airflow.watch import SharedWatcher
+
+    interval = 30.0
+    cluster = FakeCluster()
+    run = make_run(services, cluster, tmp_path)
+    progress = start(run, 5)
+    live = run.advance(progress)
+    assert isinstance(live, dict) and len(live) == 5
+    assert services.queries.array_tasks_live(progress.array_id) == 5
+    watcher = SharedWatcher(Poller(services, cluster), interval)
+
+    async def shared(self: object) -> SharedWatcher:
+        return watcher
+
+    monkeypatch.setattr(triggers._JobmonTrigger, "watcher", shared)
+    monkeypatch.setattr(triggers, "progress_check_s", lambda poll_interval: 0.2)
+    trigger = triggers.JobmonArrayTrigger(array_id=progress.array_id, carry=progress.to_dict(), cluster={})
+
+    async def scenario() -> tuple[float, dict[str, object]]:
+        t0 = time.monotonic()
+        events = trigger.run().__aiter__()
+        first = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.5)
+        for w in watcher.poller.watched.values():  # past their quick looks: only polls (30 s apart) would see them
+            w.look_due = float("inf")
+        finish_all(services, cluster, live)
+        event = await asyncio.wait_for(first, timeout=10)
+        return time.monotonic() - t0, event.payload
+
+    took, payload = asyncio.run(scenario())
+    assert took < 5.0, f"fired after {took:.1f}s: waited for the next poll"
+    assert payload["ended"] == 5 and payload["outcomes"] == []  # every outcome was in the database already
+    assert services.queries.array_tasks_live(progress.array_id) == 0
+    assert cluster.calls["statuses"] == watcher.poller.polls == 1  # the first poll only, at the start
