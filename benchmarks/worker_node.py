@@ -34,8 +34,9 @@ from typing import Any
 from benchmarks.common import PY, ROOT, log
 
 RUNS = int(os.environ.get("BENCH_WORKER_RUNS", "60"))
-_IMPORTS = "import jobmon_airflow.worker_node.cli, ctypes"  # what a run imports (ctypes: the malloc arena limit)
-_OLD_IMPORTS = "import jobmon_airflow.worker_node, ctypes"  # before: the package imported the whole worker
+_IMPORTS = "import jobmon_airflow.worker_node.cli"  # what a run imports (no ctypes since 085ffcb: no thread)
+# Before 085ffcb: the package imported the whole worker, and ctypes to limit malloc arenas for its stderr thread.
+_OLD_IMPORTS = "import jobmon_airflow.worker_node, ctypes"
 IMPORT_RUNS = int(os.environ.get("BENCH_WORKER_IMPORT_RUNS", "25"))
 
 STUB = r"""

@@ -330,7 +330,11 @@ class Lifecycle(Store):
     def log_distributor_ids(
         self, distributor_ids: Mapping[int, str], log_paths: Mapping[int, Mapping[str, str]] | None = None
     ) -> None:
-        """I→O with the cluster job id (and the job's stdout/stderr paths), right after submission."""
+        """I→O with the cluster job id (and the job's stdout/stderr paths), right after submission.
+
+        A short job can end before this is written (the warm local launcher runs ``true`` in milliseconds, and its
+        worker's one report takes the instance I → R → D): such an instance keeps the status its worker gave it and
+        gets its job id all the same; only instances still in I move to O."""
         now = utcnow()
         log_paths = log_paths or {}
         with self.session() as s:
@@ -353,9 +357,14 @@ class Lifecycle(Store):
                     for i, d in distributor_ids.items()
                 ],
             )
-            transition_task_instances(
-                s, list(distributor_ids), TIS.LAUNCHED, {"report_by_date": now + LAUNCHED_REPORT_BY}
-            )
+            waiting = [
+                r.id
+                for chunk in chunks(list(distributor_ids))
+                for r in s.execute(
+                    sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status == TIS.INSTANTIATED).with_for_update()
+                )
+            ]
+            transition_task_instances(s, waiting, TIS.LAUNCHED, {"report_by_date": now + LAUNCHED_REPORT_BY})
 
     def log_no_distributor_id(self, ti_ids: Sequence[int], message: str) -> None:
         """I→W: the submission was refused; the task may retry."""

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from jobmon_airflow.clusters.base import UnknownQueue
 from jobmon_airflow.execution import JobSettings, Submission, TaskRun, Verdict, VerdictKind, WorkflowIdentity
@@ -61,6 +62,28 @@ def test_start_submits_one_job_with_a_private_token_and_records_its_id(
     assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
     assert token_file.read_text() not in " ".join(job.argv)
     assert cluster.calls["queue_limits"] == 1  # asked once: planning and queueing share the answer
+
+
+def test_a_job_that_reports_its_end_before_its_id_is_recorded_is_done_not_an_error(
+    run: TaskRun, services: Services, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm local launcher can run ``true`` and its worker's one report (I → R → D) before the submitter
+    records the job id: the id is recorded, the instance stays D (seen under Airflow's services as
+    "illegal transition D → O", which failed the task)."""
+    submit = cluster.submit
+
+    def fast_job(job: object) -> str:
+        job_id = submit(job)  # type: ignore[arg-type]
+        with services.engine.connect() as conn:
+            (ti_id,) = conn.execute(sa.text("SELECT id FROM task_instance")).scalars()
+        services.reports.log_ran(ti_id, "node1", None, job_id, 60, "D", 0, "", None)
+        return job_id
+
+    monkeypatch.setattr(cluster, "submit", fast_job)
+    sub = start(run)
+    view = services.queries.task_instance(sub.task_instance_id)
+    assert (view.status, view.distributor_id) == ("D", sub.job_id)
+    assert conclude(run, sub).kind == VerdictKind.SUCCESS
 
 
 def test_done_is_success_and_a_second_start_does_not_run_it_again(
