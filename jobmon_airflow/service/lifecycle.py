@@ -28,6 +28,7 @@ from jobmon_airflow.service.core import (
     TS,
     WFR,
     WORKFLOW_RUN_HEARTBEAT_INTERVAL,
+    NotFound,
     Store,
     chunks,
     finish_instance,
@@ -357,13 +358,14 @@ class Lifecycle(Store):
                     for i, d in distributor_ids.items()
                 ],
             )
-            waiting = [
-                r.id
+            current = {
+                r.id: r.status
                 for chunk in chunks(list(distributor_ids))
-                for r in s.execute(
-                    sa.select(TI.c.id).where(TI.c.id.in_(chunk), TI.c.status == TIS.INSTANTIATED).with_for_update()
-                )
-            ]
+                for r in s.execute(sa.select(TI.c.id, TI.c.status).where(TI.c.id.in_(chunk)).with_for_update())
+            }
+            if missing := set(distributor_ids) - set(current):
+                raise NotFound(f"task_instance: no row with id {sorted(missing)[:10]}")
+            waiting = [i for i, status in current.items() if status == TIS.INSTANTIATED]
             transition_task_instances(s, waiting, TIS.LAUNCHED, {"report_by_date": now + LAUNCHED_REPORT_BY})
 
     def log_no_distributor_id(self, ti_ids: Sequence[int], message: str) -> None:
